@@ -1,0 +1,316 @@
+"""Typed configuration: dataclasses, YAML presets and ``key=value`` overrides.
+
+``load_config("cpu-quick", ["optim.epochs=3", "selfpatch.k=2"])`` reads
+``configs/cpu-quick.yaml`` (or any YAML path), applies the overrides and validates. Every key
+is ``section.field``; a misspelt key is an error listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from selfpatch.errors import SelfPatchError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+METHODS = ("dino", "dino+selfpatch")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone. ``arch``: vit_tiny / vit_small / vit_base or a timm ``vit_*`` name."""
+
+    arch: str = "vit_tiny"
+    patch_size: int = 16  # 0 keeps the timm architecture's own patch size
+    drop_path: float = 0.1  # student only (the teacher runs in eval mode)
+    init_from: str = ""  # start from a run dir / .pt checkpoint / .safetensors export
+
+
+@dataclass
+class SelfPatchConfig:
+    """Patch-level objective (paper Sec. 2.2)."""
+
+    neighbourhood: str = "3x3"  # 3x3 | 5x5 | all
+    border: str = "valid"  # valid (mask missing neighbours) | wrap (reference behaviour)
+    k: int = 4  # positives per patch
+    aggregation: str = "attention"  # attention (CaiT class-attention) | mean (ablation)
+    aggregation_depth: int = 2
+    out_dim: int = 4096  # g' prototypes
+    loss_weight: float = 0.1  # lambda
+    center_momentum: float = 0.9  # the patch loss's own centre
+    local_crops: bool = True  # apply the patch loss to local crops too (as the reference)
+
+
+@dataclass
+class DINOConfig:
+    """Image-level DINO objective and teacher (DINO's defaults)."""
+
+    out_dim: int = 65536  # g prototypes
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    center_views: str = "global"  # global (DINO) | all (reference SelfPatch code)
+    momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class DataConfig:
+    """Images and multi-crop views. ``path: builtin`` uses the built-in fashion-scenes set."""
+
+    path: str = "builtin"
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.25, 1.0)
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.25)
+    n_local: int = 8
+    num_workers: int = 2
+    pin_memory: bool = True
+    builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
+    limit_images: int = 0  # use only the first N images (0 = all)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with DINO's schedules. ``batch_size`` is per device."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    base_lr: float = 5e-4  # lr = base_lr * total_batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # 0 disables
+    max_steps: int = 0  # stop after this many steps (0 = run all epochs)
+
+
+@dataclass
+class RunConfig:
+    """Where and how the run executes."""
+
+    output_dir: str = "runs/{name}"
+    name: str = "{preset}-{method}"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    compile: bool = False
+    log_every: int = 10  # steps between metric lines (and the only host syncs)
+    save_every: int = 1  # epochs between `last` checkpoints
+    save_every_steps: int = 0  # also save every N steps (0 = off)
+    tensorboard: bool = False
+    deterministic: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run. ``method``: ``dino`` or ``dino+selfpatch``."""
+
+    method: str = "dino+selfpatch"
+    preset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses_selfpatch(self) -> bool:
+        return self.method.endswith("+selfpatch")
+
+    @property
+    def image_objective(self) -> str:
+        return self.method.split("+")[0]
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    """All ``section.field`` keys (plus the top-level scalars)."""
+    cfg = cfg or Config()
+    keys = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{g.name}" for g in fields(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _unknown_key(key: str, cfg: Config) -> SelfPatchError:
+    keys = valid_keys(cfg)
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return SelfPatchError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's type, with a one-line error on failure."""
+    try:
+        if get_origin(hint) is tuple:
+            items = value
+            if isinstance(value, str):  # "0.25,1.0" or "[0.25, 1.0]" from the command line
+                items = yaml.safe_load(value if value.lstrip().startswith("[") else f"[{value}]")
+            types = get_args(hint)
+            return tuple(_coerce(v, t, key) for v, t in zip(items, types, strict=True))
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return "" if value is None else str(value)
+    except (ValueError, TypeError) as exc:
+        name = getattr(hint, "__name__", str(hint))
+        raise SelfPatchError(f"config key {key}={value!r} is not a valid {name}") from exc
+    return value
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise _unknown_key(key, cfg)
+        target = getattr(target, part)
+    last = parts[-1]
+    if not dataclasses.is_dataclass(target) or last not in {f.name for f in fields(target)}:
+        raise _unknown_key(key, cfg)
+    if dataclasses.is_dataclass(getattr(target, last)):
+        raise SelfPatchError(f"config key {key!r} is a section; set its fields, e.g. {key}.<field>")
+    hint = get_type_hints(type(target))[last]
+    setattr(target, last, _coerce(value, hint, key))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _preset_path(preset: str) -> Path:
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SelfPatchError(f"config file {path} does not exist")
+        return path
+    path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise SelfPatchError(
+            f"unknown preset {preset!r}; choose one of {preset_names()} or pass a .yaml path")
+    return path
+
+
+def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = None) -> Config:
+    """Preset (name or YAML path) + ``key=value`` overrides -> validated :class:`Config`."""
+    cfg = Config()
+    if preset:
+        path = _preset_path(preset)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SelfPatchError(f"config file {path} is not valid YAML: {exc}".splitlines()[0])
+        if not isinstance(data, dict):
+            raise SelfPatchError(f"config file {path} must hold a mapping of sections")
+        for key, value in _flatten(data).items():
+            _set(cfg, key, value)
+        cfg.preset = cfg.preset or path.stem
+    for item in overrides or []:
+        if "=" not in item:
+            raise SelfPatchError(f"override {item!r} must look like key=value, e.g. optim.epochs=5")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. from a checkpoint)."""
+    cfg = Config()
+    for key, value in _flatten(data).items():
+        _set(cfg, key, value)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check values that a type alone cannot; raise one clear line per problem."""
+    def bad(key: str, why: str) -> SelfPatchError:
+        return SelfPatchError(f"config key {key}: {why}")
+
+    if cfg.method not in METHODS:
+        raise bad("method", f"{cfg.method!r} is not one of {METHODS}")
+    p = cfg.model.patch_size
+    for key, size in (("data.global_size", cfg.data.global_size),
+                      ("data.local_size", cfg.data.local_size)):
+        if size <= 0:
+            raise bad(key, f"must be positive, got {size}")
+        if p and size % p:
+            raise bad(key, f"crop size {size} is not a multiple of model.patch_size={p}; "
+                      f"use a multiple of {p}")
+    for key, (lo, hi) in (("data.global_scale", cfg.data.global_scale),
+                          ("data.local_scale", cfg.data.local_scale)):
+        if not 0 < lo <= hi <= 1:
+            raise bad(key, f"({lo}, {hi}) must satisfy 0 < min <= max <= 1")
+    if cfg.data.n_local < 0:
+        raise bad("data.n_local", "must be >= 0")
+    if cfg.optim.batch_size < 1:
+        raise bad("optim.batch_size", "must be >= 1")
+    if cfg.optim.epochs < 1:
+        raise bad("optim.epochs", "must be >= 1")
+    if cfg.run.precision not in ("fp32", "bf16", "fp16"):
+        raise bad("run.precision", f"{cfg.run.precision!r} is not one of fp32, bf16, fp16")
+    if cfg.dino.center_views not in ("global", "all"):
+        raise bad("dino.center_views", "must be global or all")
+    if cfg.selfpatch.loss_weight < 0:
+        raise bad("selfpatch.loss_weight", "must be >= 0")
+    if cfg.uses_selfpatch:
+        from selfpatch.methods.neighbours import build_neighbour_table
+        from selfpatch.models.aggregation import build_aggregator  # noqa: F401 - name check
+        if cfg.selfpatch.aggregation not in ("attention", "mean"):
+            raise bad("selfpatch.aggregation", "must be attention or mean")
+        if p:
+            sizes = [cfg.data.global_size] + ([cfg.data.local_size]
+                                              if cfg.data.n_local and cfg.selfpatch.local_crops else [])
+            for size in sizes:
+                g = size // p
+                table = build_neighbour_table(g, g, cfg.selfpatch.neighbourhood,
+                                              cfg.selfpatch.border)
+                if cfg.selfpatch.k > table.size:
+                    raise bad("selfpatch.k", f"{cfg.selfpatch.k} is larger than the "
+                              f"{cfg.selfpatch.neighbourhood} neighbourhood ({table.size} "
+                              f"candidates on the {g}x{g} grid of {size}px crops); lower it")

@@ -1,0 +1,184 @@
+"""``selfpatch eval {davis,seg,knn,attention,all}``: argparse wiring of the evaluation suite.
+
+The top-level ``selfpatch`` command calls :func:`register`; every handler returns an exit code
+and raises :class:`~selfpatch.errors.SelfPatchError` for user errors (printed on one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from selfpatch.errors import SelfPatchError
+from selfpatch.evaluate.attention import parse_queries
+from selfpatch.evaluate.features import resolve_device
+from selfpatch.evaluate.options import TASKS, EvalOptions
+from selfpatch.evaluate.report import (
+    default_out_dir,
+    evaluate_all,
+    load_for_eval,
+    run_task,
+    summary_metrics,
+)
+
+SOURCE_HELP = ("run directory, training checkpoint (.pt), exported backbone (.safetensors) or "
+               "random:ARCH[:PATCH] (e.g. random:vit_tiny:8)")
+
+
+def _common(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("--checkpoint", action="append", required=True, metavar="SOURCE",
+                       help=SOURCE_HELP + "; repeat for a side-by-side table")
+    else:
+        p.add_argument("--checkpoint", required=True, metavar="SOURCE", help=SOURCE_HELP)
+    p.add_argument("--out", default=None,
+                   help="output folder (default: <run>/eval for a run directory, "
+                        "else runs/eval-<timestamp>)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding real data sets (DAVIS/, ADEChallengeData2016/, "
+                        "imagenet/); default: the built-in data")
+
+
+def _davis(p: argparse.ArgumentParser, root: bool = True) -> None:
+    g = p.add_argument_group("DAVIS label propagation")
+    if root:
+        g.add_argument("--davis-root", default=None, help="DAVIS 2017 folder")
+    g.add_argument("--split", default="val", help="ImageSets/2017 list (default val)")
+    g.add_argument("--sequences", default=None, help="comma-separated subset of sequences")
+    g.add_argument("--short-side", type=int, default=None,
+                   help="frame short side fed to the network (default: native for the "
+                        "built-in data, 480 for real DAVIS; 0 = native)")
+    g.add_argument("--n-last-frames", type=int, default=7)
+    g.add_argument("--size-mask-neighborhood", type=int, default=12,
+                   help="spatial window radius in patches (0 = whole frame)")
+    g.add_argument("--topk", type=int, default=5)
+    g.add_argument("--davis-temperature", type=float, default=0.1)
+
+
+def _seg(p: argparse.ArgumentParser, root: bool = True) -> None:
+    g = p.add_argument_group("segmentation linear probe")
+    if root:
+        g.add_argument("--seg-root", default=None, help="ADE20K-layout folder")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="classes (default: 10 built-in, 150 for a real root)")
+    g.add_argument("--seg-image-size", type=int, default=None,
+                   help="square input side (default: native built-in, 512 real)")
+    g.add_argument("--seg-epochs", type=int, default=20)
+    g.add_argument("--seg-lr", type=float, default=5e-3)
+    g.add_argument("--seg-batch-size", type=int, default=32)
+    g.add_argument("--seg-seed", type=int, default=0)
+    g.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
+                   help="labels are already 0..C-1 (255 = ignore) instead of 0 = ignore")
+    g.add_argument("--train-limit", type=int, default=0, help="use the first N train images")
+    g.add_argument("--val-limit", type=int, default=0, help="use the first N val images")
+
+
+def _knn(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("k-NN")
+    g.add_argument("--knn-root", default=None, help="ImageFolder root with train/ and val/")
+    g.add_argument("--knn-k", type=int, default=20)
+    g.add_argument("--knn-temperature", type=float, default=0.07)
+    g.add_argument("--knn-image-size", type=int, default=None,
+                   help="input side (default: native built-in, 224 real)")
+    g.add_argument("--center-crop", dest="center_crop", action="store_true", default=None,
+                   help="resize to size*256/224 then centre-crop (default for real data)")
+    g.add_argument("--no-center-crop", dest="center_crop", action="store_false")
+
+
+def _attention(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pictures")
+    g.add_argument("--num-images", type=int, default=4)
+    g.add_argument("--queries", default=None,
+                   help="query points 'row,col;row,col' as fractions of the image "
+                        "(default: centres of the largest labelled regions)")
+    g.add_argument("--fraction", type=float, default=0.1, help="share of patches shown")
+    g.add_argument("--sequence", default=None, help="video for the propagation picture")
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` with sub-commands ``davis``, ``seg``, ``knn``, ``attention``, ``all``."""
+    ev = subparsers.add_parser("eval", help="dense evaluations of a pre-trained backbone")
+    sub = ev.add_subparsers(dest="eval_command", metavar="{davis,seg,knn,attention,all}")
+    sub.required = True
+
+    p = sub.add_parser("davis", help="DAVIS 2017 video segmentation by label propagation")
+    _common(p)
+    _davis(p)
+    p.set_defaults(func=_handle_task, eval_task="davis")
+
+    p = sub.add_parser("seg", help="semantic segmentation linear probe (mIoU, aAcc, mAcc)")
+    _common(p)
+    _seg(p)
+    p.set_defaults(func=_handle_task, eval_task="seg")
+
+    p = sub.add_parser("knn", help="weighted k-NN classification (top-1, top-5)")
+    _common(p)
+    _knn(p)
+    p.set_defaults(func=_handle_task, eval_task="knn")
+
+    p = sub.add_parser("attention", help="attention / PCA / propagation pictures")
+    _common(p)
+    p.add_argument("--seg-root", default=None, help="ADE20K-layout folder for the images")
+    p.add_argument("--davis-root", default=None, help="DAVIS folder for the video picture")
+    p.add_argument("--davis-results", default=None,
+                   help="eval davis results folder to draw (else propagates one video)")
+    _davis(p, root=False)
+    _attention(p)
+    p.set_defaults(func=_handle_task, eval_task="attention")
+
+    p = sub.add_parser("all", help="run every evaluation and write report.md / report.json")
+    _common(p, several=True)
+    _davis(p)
+    _seg(p)
+    _knn(p)
+    _attention(p)
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"comma-separated subset of {','.join(TASKS)}")
+    p.set_defaults(func=_handle_all)
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """Map parsed arguments onto :class:`EvalOptions` (absent options keep their defaults)."""
+    opts = EvalOptions()
+    for name in opts.to_dict():
+        if hasattr(args, name):
+            setattr(opts, name, getattr(args, name))
+    if isinstance(opts.sequences, str):
+        opts.sequences = [s for s in opts.sequences.split(",") if s]
+    if isinstance(opts.queries, str):
+        opts.queries = parse_queries(opts.queries)
+    if opts.batch_size < 1:
+        raise SelfPatchError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    return opts
+
+
+def _handle_task(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    task = args.eval_task
+    device = resolve_device(opts.device)
+    from selfpatch.models.loading import describe_source
+
+    describe_source(args.checkpoint)  # fails early, with one line, on a missing checkpoint
+    out = Path(args.out) if args.out else default_out_dir([args.checkpoint]) / task
+    backbone = load_for_eval(args.checkpoint, device)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_task(task, args.checkpoint, backbone, opts, out, device,
+                      getattr(args, "davis_results", None))
+    path = out / f"{task}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    metrics = summary_metrics({task: result})
+    if metrics:
+        print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    print(f"results: {path}")
+    return 0
+
+
+def _handle_all(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    report = evaluate_all(args.checkpoint, args.out, opts, tasks)
+    print(f"report: {report['report_md']}")
+    return 0

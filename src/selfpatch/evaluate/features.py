@@ -1,0 +1,130 @@
+"""Batched, gradient-free feature extraction from a frozen backbone.
+
+Every dense evaluation needs the same thing: images normalised like ImageNet, pushed through
+the frozen ViT in batches, and the patch tokens laid back on their ``(h, w)`` grid. This module
+is that one piece; the protocols only decide which images go in and what to do with the
+``(M, h, w, D)`` result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from selfpatch.errors import SelfPatchError
+
+#: ImageNet statistics, as used by DINO's evaluation scripts (RGB order).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` (CUDA when available) as a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SelfPatchError(f"--device {name} asked for CUDA but none is available; use cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise SelfPatchError(f"--device {name!r} is not a device name; use cpu, cuda or auto") \
+            from exc
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as RGB, turning unreadable files into a one-line error."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise SelfPatchError(f"cannot read image {path}: {exc}; replace or remove it") from exc
+
+
+def to_normalized_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """PIL RGB image -> ImageNet-normalised ``(3, H, W)`` float tensor.
+
+    Args:
+        img: RGB image.
+        size: optional ``(H, W)`` to resize to first (bilinear, aspect not preserved).
+    """
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255.0
+    arr = arr.permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (arr - mean) / std
+
+
+def _batches(items: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    buf: list[torch.Tensor] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == batch_size:
+            yield torch.stack(buf)
+            buf = []
+    if buf:
+        yield torch.stack(buf)
+
+
+@torch.no_grad()
+def extract_patch_features(
+    backbone: torch.nn.Module,
+    images: Iterable[torch.Tensor],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Patch tokens of every image on its grid.
+
+    Args:
+        backbone: a :class:`~selfpatch.models.backbone.ViTBackbone` (``forward`` gives
+            ``(B, N, D)`` patch tokens after the final norm, row-major grid).
+        images: normalised ``(3, H, W)`` tensors, all the same size (a list or a lazy
+            generator; only ``batch_size`` of them are held at once).
+        batch_size: images per forward pass.
+        device: where the backbone runs; the result is returned on the CPU.
+        dtype: storage type of the result (``float16`` halves the cache of large sets).
+
+    Returns:
+        ``(M, h, w, D)`` features, ``h = H / patch``, ``w = W / patch``.
+    """
+    if batch_size < 1:
+        raise SelfPatchError(f"--batch-size must be at least 1, got {batch_size}")
+    out: list[torch.Tensor] = []
+    for batch in _batches(images, batch_size):
+        h, w = backbone.grid_shape(batch.shape[-2], batch.shape[-1])
+        tokens = backbone(batch.to(device))
+        out.append(tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).to("cpu", dtype))
+    if not out:
+        raise SelfPatchError("no images to extract features from; the data folder is empty")
+    return torch.cat(out)
+
+
+def mean_pooled_embedder(backbone: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image embedding ``(B, 3, H, W) -> (B, D)``: the average of the patch tokens."""
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return backbone(images).mean(dim=1)
+
+    return embed
+
+
+@torch.no_grad()
+def extract_embeddings(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    images: Iterable[torch.Tensor],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Image embeddings ``(M, D)`` of normalised ``(3, H, W)`` images, computed in batches."""
+    if batch_size < 1:
+        raise SelfPatchError(f"--batch-size must be at least 1, got {batch_size}")
+    out = [embed(batch.to(device)).float().cpu() for batch in _batches(images, batch_size)]
+    if not out:
+        raise SelfPatchError("no images to embed; the data folder is empty")
+    return torch.cat(out)

@@ -1,0 +1,319 @@
+"""``eval all``: run every protocol on one or more checkpoints and write one report.
+
+Output layout (``<out>`` defaults to ``<run>/eval`` for a single run directory, else
+``runs/eval-<timestamp>``)::
+
+    <out>/report.md, report.json          side-by-side table, settings, configs, pictures
+    <out>/<label>/davis/<seq>/00000.png   DAVIS results folder (palette PNGs)
+    <out>/<label>/davis/global_results-val.csv, per-sequence_results-val.csv
+    <out>/<label>/pictures/attention.png, pca.png, propagation.png
+
+All metrics in the report are percentages (J&F, J, F scaled by 100 like the paper's tables;
+the DAVIS CSV files keep the official 0..1 scale).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from selfpatch.errors import SelfPatchError
+from selfpatch.evaluate.attention import evaluate_attention
+from selfpatch.evaluate.davis import evaluate_davis
+from selfpatch.evaluate.features import resolve_device
+from selfpatch.evaluate.knn import evaluate_knn
+from selfpatch.evaluate.options import TASKS, EvalOptions
+from selfpatch.evaluate.seg import evaluate_seg
+
+#: Report table columns: (key in the metrics dict, header).
+COLUMNS = (("J&F", "J&F"), ("J", "J"), ("F", "F"), ("mIoU", "mIoU"), ("aAcc", "aAcc"),
+           ("mAcc", "mAcc"), ("knn_top1", "k-NN top-1"), ("knn_top5", "k-NN top-5"))
+#: Extra DAVIS statistics kept in report.json.
+DAVIS_EXTRA = ("J-Recall", "J-Decay", "F-Recall", "F-Decay")
+
+
+def default_out_dir(sources: list[str]) -> Path:
+    """``<run>/eval`` for one run directory, else ``runs/eval-<timestamp>``."""
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        return Path(sources[0]) / "eval"
+    return Path("runs") / f"eval-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def source_label(source: str) -> str:
+    """Short, file-system-safe name of a checkpoint for folders and table rows."""
+    path = Path(source)
+    if source.startswith("random:"):
+        text = source.replace(":", "-")
+    elif path.is_dir():
+        text = path.resolve().name
+    elif path.parent.name == "checkpoints":
+        text = f"{path.parent.parent.name}-{path.stem}"
+    else:
+        text = path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "checkpoint"
+
+
+def unique_labels(sources: list[str]) -> list[str]:
+    """:func:`source_label` of each source, with ``-2``, ``-3`` ... appended to repeats."""
+    labels: list[str] = []
+    for s in sources:
+        base, label, n = source_label(s), source_label(s), 1
+        while label in labels:
+            n += 1
+            label = f"{base}-{n}"
+        labels.append(label)
+    return labels
+
+
+def load_for_eval(source: str, device: torch.device):
+    """Load the frozen backbone, turning a missing checkpoint into a one-line error early."""
+    from selfpatch.models.loading import load_backbone
+
+    return load_backbone(source, device=device)
+
+
+def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path,
+             device: torch.device, davis_results: str | None = None, log=print) -> dict:
+    """Run one protocol for one checkpoint; returns the protocol's result dict.
+
+    ``task_dir`` receives the task's files: the DAVIS results folder (``davis``) or the
+    pictures (``attention``); ``seg`` and ``knn`` write nothing. ``davis_results`` is a DAVIS
+    results folder for the propagation picture.
+    """
+    if task == "davis":
+        data = opts.data("davis")
+        return evaluate_davis(backbone, data.root, task_dir, opts.split,
+                              opts.propagation(data.builtin), device, opts.batch_size,
+                              opts.sequences, log)
+    if task == "seg":
+        data = opts.data("seg")
+        return evaluate_seg(backbone, data.root, opts.seg_classes(data), opts.probe(data.builtin),
+                            device, opts.batch_size, opts.train_limit, opts.val_limit,
+                            data.class_names if opts.num_classes in (None, data.num_classes)
+                            else None, log)
+    if task == "knn":
+        data = opts.data("knn")
+        size, crop = opts.knn_geometry(data.builtin)
+        return evaluate_knn(backbone, data.root, source, opts.knn_k, opts.knn_temperature, size,
+                            crop, device, opts.batch_size, log=log)
+    if task == "attention":
+        seg, davis = opts.data("seg"), opts.data("davis")
+        return evaluate_attention(backbone, task_dir, seg.root, davis.root,
+                                  opts.split, opts.sequence, davis_results, opts.num_images,
+                                  opts.queries, opts.fraction, opts.propagation(davis.builtin),
+                                  device, opts.batch_size, log)
+    raise SelfPatchError(f"unknown evaluation {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def summary_metrics(results: dict) -> dict[str, float]:
+    """The report's flat metric dict (percent) from the per-task results."""
+    out: dict[str, float] = {}
+    if "davis" in results:
+        g = results["davis"]["global"]
+        out.update({"J&F": 100 * g["J&F-Mean"], "J": 100 * g["J-Mean"], "F": 100 * g["F-Mean"]})
+        out.update({k: 100 * g[k] for k in DAVIS_EXTRA})
+    if "seg" in results:
+        out.update({k: results["seg"][k] for k in ("mIoU", "aAcc", "mAcc")})
+    if "knn" in results:
+        out.update({"knn_top1": results["knn"]["top1"], "knn_top5": results["knn"]["top5"]})
+    return out
+
+
+def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
+                 opts: EvalOptions | None = None, tasks: tuple[str, ...] = TASKS,
+                 log=print) -> dict:
+    """Evaluate every checkpoint on ``tasks`` and write ``report.md`` / ``report.json``.
+
+    Args:
+        sources: run directories, ``.pt`` checkpoints, ``.safetensors`` exports or
+            ``random:ARCH[:PATCH]``.
+        out_dir: report folder (:func:`default_out_dir` when None).
+        opts: settings (defaults when None).
+        tasks: subset of :data:`TASKS`.
+
+    Returns:
+        The report dict (also written as ``report.json``), with ``"report_md"`` set.
+    """
+    opts = opts or EvalOptions()
+    if not sources:
+        raise SelfPatchError("eval all needs at least one --checkpoint")
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise SelfPatchError(f"unknown evaluation {bad[0]!r} in --tasks; choose from "
+                             f"{', '.join(TASKS)}")
+    device = resolve_device(opts.device)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(sources)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from selfpatch.models.loading import describe_source
+
+    # Describe every source first so that a missing checkpoint fails before any work.
+    described = [describe_source(s) for s in sources]
+    entries = []
+    for source, label, desc in zip(sources, unique_labels(sources), described):
+        start = time.perf_counter()
+        backbone = load_for_eval(source, device)
+        ck_dir = out_dir / label
+        results: dict = {}
+        for task in tasks:
+            if log:
+                log(f"[{label}] eval {task}")
+            davis_results = results.get("davis", {}).get("results_dir")
+            task_dir = ck_dir / ("pictures" if task == "attention" else task)
+            results[task] = run_task(task, source, backbone, opts, task_dir, device,
+                                     davis_results, log)
+        entries.append({
+            "label": label,
+            "source": source,
+            "description": desc,
+            "backbone": {"timm_name": backbone.spec.timm_name, "patch_size": backbone.patch_size,
+                         "embed_dim": backbone.embed_dim},
+            "metrics": summary_metrics(results),
+            "results": results,
+            "seconds": time.perf_counter() - start,
+        })
+    report = {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "tasks": list(tasks),
+        "options": opts.to_dict(),
+        "checkpoints": entries,
+    }
+    json_path = out_dir / "report.json"
+    md_path = out_dir / "report.md"
+    report["report_md"] = str(md_path)
+    json_path.write_text(json.dumps(_jsonable(report), indent=2))
+    md_path.write_text(render_markdown(report, out_dir))
+    return report
+
+
+def _jsonable(obj):
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.1f}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def render_markdown(report: dict, out_dir: Path) -> str:
+    """``report.md``: results table, protocol settings, checkpoint configs, pictures, timings."""
+    entries = report["checkpoints"]
+    lines = ["# selfpatch evaluation report", "",
+             f"Created {report['created']} on {report['device']} (torch {report['torch']}). "
+             "All numbers are percentages.", "", "## Results", ""]
+    lines.append("| checkpoint | " + " | ".join(h for _, h in COLUMNS) + " |")
+    lines.append("|---|" + "---:|" * len(COLUMNS))
+    for e in entries:
+        lines.append(f"| {e['label']} | "
+                     + " | ".join(_fmt(e["metrics"].get(k)) for k, _ in COLUMNS) + " |")
+    lines.append("")
+    davis_rows = [e for e in entries if "J" in e["metrics"]]
+    if davis_rows:
+        lines.append("DAVIS recall / decay: " + "; ".join(
+            f"{e['label']}: " + ", ".join(f"{k} {_fmt(e['metrics'][k])}" for k in DAVIS_EXTRA)
+            for e in davis_rows))
+        lines.append("")
+    lines += ["## Protocols", ""]
+    first = entries[0]["results"]
+    if "davis" in first:
+        s = first["davis"]["settings"]
+        lines.append(
+            f"- **DAVIS label propagation** ({s['root']}, split {s['split']}, "
+            f"{first['davis']['num_sequences']} videos, {first['davis']['num_frames']} frames): "
+            f"{s['features']}; context = first frame + {s['n_last_frames']} previous, "
+            f"window {s['radius']} patches, top-{s['topk']}, temperature {s['temperature']}, "
+            f"short side {s['short_side'] or 'native'}; J/F as davis2017-evaluation "
+            f"(bound_th {s['bound_th']}, frames 1..T-2).")
+    if "seg" in first:
+        s = first["seg"]["settings"]
+        lines.append(
+            f"- **Segmentation linear probe** ({s['root']}, {first['seg']['num_train']} train / "
+            f"{first['seg']['num_val']} val images, {s['num_classes']} classes, "
+            f"{s['image_size']} px): {s['probe']}, {s['optimizer']} lr {s['lr']}, "
+            f"{s['epochs']} epochs, batch {s['batch_size']}, seed {s['seed']}, "
+            f"reduce_zero_label {s['reduce_zero_label']}; {s['upsampling']}; "
+            "mIoU/aAcc/mAcc from one confusion matrix.")
+    if "knn" in first:
+        s = first["knn"]["settings"]
+        lines.append(
+            f"- **k-NN** ({s['root']}, {first['knn']['num_train']} train / "
+            f"{first['knn']['num_val']} val images, {first['knn']['num_classes']} classes, "
+            f"{s['image_size']} px{', centre crop' if s['center_crop'] else ''}): "
+            f"k={s['k']}, T={s['temperature']}, {s['weighting']} votes on L2-normalised "
+            f"{s['embedding']}.")
+    if "attention" in first:
+        s = first["attention"]["settings"]
+        lines.append(f"- **Pictures**: {s['attention']}, top {s['fraction']:.0%} of patches per "
+                     f"query, queries {s['queries']}; PCA: 3 components over all shown images.")
+    lines += ["", "## Checkpoints", ""]
+    for e in entries:
+        desc = e["description"]
+        lines.append(f"### {e['label']}")
+        lines.append("")
+        lines.append(f"- source: `{desc.get('source', e['source'])}`")
+        lines.append(f"- backbone: {e['backbone']['timm_name']}, patch "
+                     f"{e['backbone']['patch_size']}, dim {e['backbone']['embed_dim']}")
+        if desc.get("step") is not None or desc.get("epoch") is not None:
+            lines.append(f"- step {desc.get('step')}, epoch {desc.get('epoch')}")
+        config = _flatten(desc.get("config") or {})
+        for key in sorted(config)[:40]:
+            lines.append(f"- `{key}`: {config[key]}")
+        if len(config) > 40:
+            lines.append(f"- ... {len(config) - 40} more keys in report.json")
+        lines.append(f"- evaluation time: {e['seconds']:.1f} s")
+        lines.append("")
+    pictures = [(e["label"], name, Path(p)) for e in entries
+                for name, p in e["results"].get("attention", {}).get("pictures", {}).items()]
+    if pictures:
+        lines += ["## Pictures", ""]
+        for label, name, path in pictures:
+            rel = path.relative_to(out_dir) if path.is_relative_to(out_dir) else path
+            lines += [f"**{label}: {name}**", "", f"![{label} {name}]({rel.as_posix()})", ""]
+    if any("seg" in e["results"] for e in entries):
+        lines += ["## Per-class IoU (segmentation probe)", ""]
+        seg_entries = [e for e in entries if "seg" in e["results"]]
+        lines.append("| class | " + " | ".join(e["label"] for e in seg_entries) + " |")
+        lines.append("|---|" + "---:|" * len(seg_entries))
+        for i, row in enumerate(seg_entries[0]["results"]["seg"]["per_class"]):
+            values = [e["results"]["seg"]["per_class"][i]["IoU"] for e in seg_entries]
+            if all(not math.isfinite(v) for v in values):
+                continue  # a class absent from GT and predictions (e.g. most of ADE's 150)
+            lines.append(f"| {row['class']} | " + " | ".join(_fmt(v) for v in values) + " |")
+        lines.append("")
+    if any("davis" in e["results"] for e in entries):
+        lines += ["## DAVIS files", ""]
+        for e in entries:
+            if "davis" in e["results"]:
+                csvs = e["results"]["davis"]["csv"]
+                rel = [Path(p).relative_to(out_dir).as_posix() if Path(p).is_relative_to(out_dir)
+                       else p for p in (csvs["global"], csvs["per_sequence"])]
+                lines.append(f"- {e['label']}: [{Path(rel[0]).name}]({rel[0]}), "
+                             f"[{Path(rel[1]).name}]({rel[1]})")
+        lines.append("")
+    return "\n".join(lines)

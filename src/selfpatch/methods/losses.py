@@ -1,0 +1,97 @@
+"""DINO's distillation loss with a centred, sharpened teacher; used for images and patches.
+
+``D(s, t) = - sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k`` with the centre
+``c`` an EMA of the teacher's mean output. The same module serves the image loss (centre over
+global views) and the SelfPatch patch loss (its own centre, over all patch outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def sharpened_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                            student_temp: float) -> torch.Tensor:
+    """Per-row cross-entropy ``(..., K), (..., K) -> (...)`` in float32."""
+    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    return -(teacher_probs * log_p).sum(dim=-1)
+
+
+class CenteredDistillationLoss(nn.Module):
+    """Cross-entropy to a centred, sharpened teacher, plus the centre's EMA update.
+
+    Args:
+        out_dim: K, the number of prototypes (65536 for images, 4096 for patches).
+        student_temp: tau_s (0.1).
+        center_momentum: EMA momentum of the centre (0.9).
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1,
+                 center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Centred, sharpened teacher distribution ``(..., K)`` (float32, no grad)."""
+        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: list[torch.Tensor]) -> None:
+        """EMA update of the centre from teacher outputs, each ``(..., K)``.
+
+        The batch centre is the mean over every row of every tensor, averaged over all
+        processes when a process group is running. Nothing here waits on the host.
+        """
+        rows = sum(t.reshape(-1, t.shape[-1]).shape[0] for t in teacher_logits)
+        total = sum(t.reshape(-1, t.shape[-1]).float().sum(dim=0, keepdim=True)
+                    for t in teacher_logits)
+        count = torch.tensor(float(rows), device=total.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        batch_center = total / count
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+class DINOLoss(CenteredDistillationLoss):
+    """Image-level DINO loss over multi-crop view pairs.
+
+    ``forward(student, teacher, teacher_temp)``: ``student`` is a list of V ``(B, K)`` logits
+    (the 2 global views first, then the locals); ``teacher`` a list of G ``(B, K)`` logits for
+    the global views. Returns the mean over pairs ``(a, b)``, ``a < G``, ``b != a`` of
+    ``mean_batch D(student[b], teacher[a])``. Does not update the centre (call
+    :meth:`update_center` with the teacher logits after the loss).
+    """
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor],
+                teacher_temp: float) -> torch.Tensor:
+        total, pairs = 0.0, 0
+        for a, t in enumerate(teacher):
+            probs = self.teacher_probs(t, teacher_temp)
+            for b, s in enumerate(student):
+                if b == a:
+                    continue
+                total = total + sharpened_cross_entropy(s, probs, self.student_temp).mean()
+                pairs += 1
+        return total / max(pairs, 1)
+
+
+class PatchDistillationLoss(CenteredDistillationLoss):
+    """SelfPatch loss: each patch's student output against its own target, same view.
+
+    ``forward(student, teacher, teacher_temp)``: lists of per-view ``(B, N_v, K)`` logits
+    (``N_v`` may differ between views: globals and locals). Returns the mean over views of the
+    mean over batch and patches of ``D(student, teacher)`` (paper Eq. 7).
+    """
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor],
+                teacher_temp: float) -> torch.Tensor:
+        losses = [sharpened_cross_entropy(s, self.teacher_probs(t, teacher_temp),
+                                          self.student_temp).mean()
+                  for s, t in zip(student, teacher, strict=True)]
+        return torch.stack(losses).mean()

@@ -1,0 +1,56 @@
+"""Positive matching: the k most cosine-similar neighbours of every patch (teacher, no grad)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from selfpatch.errors import SelfPatchError
+from selfpatch.methods.neighbours import NeighbourTable
+
+
+@torch.no_grad()
+def match_positives(tokens: torch.Tensor, table: NeighbourTable, k: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the top-k neighbours of each patch by cosine similarity.
+
+    Cost is O(B * N * M * D) through a gather of the M candidates, except for the ``all``
+    neighbourhood (M = N - 1), where one batched ``(N, N)`` matrix product is cheaper.
+
+    Args:
+        tokens: ``(B, N, D)`` patch tokens of one view, grid order matching ``table``.
+        table: neighbourhood of the view's grid, ``index``/``valid`` of shape ``(N, M)``.
+        k: number of positives, ``1 <= k <= M``.
+
+    Returns:
+        ``(positives, valid)``: ``(B, N, k)`` long flat patch indices and ``(B, N, k)`` bool.
+        Where a patch has fewer than k real neighbours (borders in ``valid`` mode) the extra
+        slots are marked invalid; they must be masked by the consumer.
+    """
+    b, n, _ = tokens.shape
+    if table.index.shape[0] != n:
+        raise SelfPatchError(f"neighbour table is for {table.index.shape[0]} patches, tokens have {n}")
+    if not 1 <= k <= table.size:
+        raise SelfPatchError(
+            f"selfpatch.k={k} must be between 1 and the neighbourhood size {table.size}; "
+            "lower k or use a larger selfpatch.neighbourhood"
+        )
+    unit = F.normalize(tokens.float(), dim=-1)
+    if table.size == n - 1:  # "all": full similarity matrix, then pick the off-diagonal slots
+        sim = torch.bmm(unit, unit.transpose(1, 2)).gather(
+            2, table.index.unsqueeze(0).expand(b, -1, -1))
+    else:
+        cand = unit[:, table.index]  # (B, N, M, D)
+        sim = torch.einsum("bnd,bnmd->bnm", unit, cand)
+    sim = sim.masked_fill(~table.valid, float("-inf"))
+    top_sim, slot = sim.topk(k, dim=-1)  # (B, N, k)
+    positives = table.index.unsqueeze(0).expand(b, -1, -1).gather(2, slot)
+    return positives, torch.isfinite(top_sim)
+
+
+def gather_positives(tokens: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Gather positive tokens: ``(B, N, D)`` and ``(B, N, k)`` indices -> ``(B, N, k, D)``."""
+    b, n, d = tokens.shape
+    k = positives.shape[-1]
+    flat = positives.reshape(b, n * k, 1).expand(-1, -1, d)
+    return tokens.gather(1, flat).reshape(b, n, k, d)

@@ -1,0 +1,66 @@
+"""The trainable network: backbone f, aggregation module h, image head g, patch head g'."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SSLNetwork(nn.Module):
+    """One side (student or teacher) of the self-distillation pair.
+
+    Args:
+        backbone: module with ``forward_tokens(images) -> (cls | None, (B, N, D))`` and
+            ``grid_shape(H, W)``, ``embed_dim``, ``num_heads`` (e.g. :class:`ViTBackbone`).
+        image_head: g, ``(B, D) -> (B, K)``.
+        aggregator: h, ``(S, L, D), (S, L) -> (S, D)``; when given, the image representation is
+            ``h(all patch tokens)`` (SelfPatch); when ``None`` it is the backbone's [CLS] token
+            (plain DINO).
+        patch_head: g', ``(..., D) -> (..., K')``, only for SelfPatch.
+    """
+
+    def __init__(self, backbone: nn.Module, image_head: nn.Module,
+                 aggregator: nn.Module | None = None, patch_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.image_head = image_head
+        self.aggregator = aggregator
+        self.patch_head = patch_head
+
+    def image_representation(self, cls: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        """``y``: ``(B, D)`` from the [CLS] token or the aggregated ``(B, N, D)`` tokens."""
+        if self.aggregator is not None:
+            return self.aggregator(tokens, None)
+        if cls is None:
+            raise ValueError("the backbone has no [CLS] token and the network no aggregator")
+        return cls
+
+    def forward(self, views: list[torch.Tensor], groups: list[tuple[int, int]],
+                n_patch_views: int = 0
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Student pass over all views in one call (one call keeps DDP's hooks simple).
+
+        Args:
+            views: V tensors ``(B, 3, S_v, S_v)``; ``groups``: ``(start, end)`` runs of views
+                of equal size, each encoded as one batch.
+            n_patch_views: the first views that also get patch logits from g'.
+
+        Returns:
+            image logits (V x ``(B, K)``), patch logits (``n_patch_views`` x ``(B, N_v, K')``)
+            and the patch tokens ``(2B, N, D)`` of the first group (for diagnostics).
+        """
+        image_logits: list[torch.Tensor] = []
+        patch_logits: list[torch.Tensor] = []
+        first_tokens = None
+        for start, end in groups:
+            x = torch.cat(views[start:end]) if end - start > 1 else views[start]
+            cls, tokens = self.backbone.forward_tokens(x)
+            image_logits += list(self.image_head(self.image_representation(cls, tokens))
+                                 .chunk(end - start))
+            if self.patch_head is not None and start < n_patch_views:
+                patch_logits += list(self.patch_head(tokens[: (min(end, n_patch_views) - start)
+                                                            * views[start].shape[0]])
+                                     .chunk(min(end, n_patch_views) - start))
+            if first_tokens is None:
+                first_tokens = tokens.detach()
+        return image_logits, patch_logits, first_tokens

@@ -1,0 +1,58 @@
+"""Export the teacher backbone as a safetensors file that plain timm loads.
+
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH), **kwargs)``
+with the ``name``/``kwargs`` stored in the file's metadata (and printed by ``selfpatch export``)
+rebuilds the exact backbone; see docs/method.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from selfpatch.models.backbone import BackboneSpec
+from selfpatch.models.loading import (
+    EXPORT_META_KWARGS,
+    EXPORT_META_NAME,
+    backbone_state_from_checkpoint,
+    load_training_checkpoint,
+    resolve_checkpoint_path,
+)
+
+
+def export_backbone(source: str | Path, out: str | Path | None = None,
+                    which: str = "teacher") -> tuple[Path, BackboneSpec]:
+    """Write ``which`` (teacher by default) backbone of a run/checkpoint to safetensors.
+
+    Returns the written path and the spec (timm name + kwargs) needed to load it.
+    """
+    ckpt_path = resolve_checkpoint_path(source)
+    ckpt = load_training_checkpoint(ckpt_path)
+    spec = BackboneSpec.from_dict(ckpt["backbone_spec"])
+    state = {k: v.contiguous() for k, v in backbone_state_from_checkpoint(ckpt, which).items()}
+    if out is None:
+        out = ckpt_path.parent.parent / f"{which}_backbone.safetensors"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
+            "selfpatch.step": str(ckpt.get("step")), "selfpatch.source": str(ckpt_path)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out, spec
+
+
+def timm_load_snippet(path: Path, spec: BackboneSpec) -> str:
+    """The Python lines that load an export with timm alone."""
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.timm_kwargs.items())
+    return (f"import timm\nmodel = timm.create_model({spec.timm_name!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file={str(path)!r}), {kwargs})")

@@ -1,0 +1,128 @@
+"""Load a backbone from a run directory, a training checkpoint, an exported file or a name.
+
+Sources accepted by :func:`load_backbone` (the evaluation entry points take the same strings):
+
+- a run directory (``runs/x``): its ``checkpoints/last.pt``;
+- a training checkpoint ``*.pt`` written by ``selfpatch pretrain`` (the *teacher* backbone is
+  used, as DINO does for evaluation);
+- an exported ``*.safetensors`` file written by ``selfpatch export``;
+- ``random:ARCH`` or ``random:ARCH:PATCH`` (e.g. ``random:vit_tiny:8``): random weights, for
+  baselines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfpatch.errors import SelfPatchError
+from selfpatch.models.backbone import BackboneSpec, ViTBackbone, make_backbone_spec
+
+CHECKPOINT_FORMAT = "selfpatch-train"
+EXPORT_META_NAME = "selfpatch.timm_name"
+EXPORT_META_KWARGS = "selfpatch.timm_kwargs"
+
+
+def resolve_checkpoint_path(source: str | Path) -> Path:
+    """Map a run directory or file path to the checkpoint file; raise if it does not exist."""
+    path = Path(source)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.pt"
+        if not candidate.is_file():
+            raise SelfPatchError(
+                f"{path} is a directory without checkpoints/last.pt; pass a run directory "
+                "written by `selfpatch pretrain`, a .pt checkpoint or a .safetensors export"
+            )
+        return candidate
+    if not path.is_file():
+        raise SelfPatchError(f"checkpoint {path} does not exist; check the path")
+    return path
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint safely (``weights_only=True``) and check its format."""
+    path = resolve_checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise SelfPatchError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SelfPatchError(
+            f"{path} is not a selfpatch training checkpoint (no format={CHECKPOINT_FORMAT!r}); "
+            "for timm/safetensors weights use an exported .safetensors file"
+        )
+    return ckpt
+
+
+def backbone_state_from_checkpoint(ckpt: dict[str, Any], which: str = "teacher") -> dict:
+    """timm-keyed backbone state dict taken from the student or teacher of a checkpoint."""
+    prefix = f"{which}.backbone.vit."
+    state = ckpt["model"]
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_backbone_state(vit: torch.nn.Module, state: dict, origin: str) -> None:
+    """Load a timm state dict into ``vit``, turning shape/key mismatches into one clear line."""
+    own = vit.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = (wrong and f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)} "
+                  f"but the model has {tuple(own[wrong[0]].shape)}") or (
+            missing and f"missing {missing[0]}") or f"unexpected {unexpected[0]}"
+        raise SelfPatchError(
+            f"{origin} holds weights of another architecture ({detail}); "
+            "build the same model.arch / model.patch_size as the checkpoint"
+        )
+    vit.load_state_dict(state)
+
+
+def _load_export(path: Path) -> ViTBackbone:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if EXPORT_META_NAME not in meta:
+        raise SelfPatchError(
+            f"{path} has no {EXPORT_META_NAME} metadata; export it with `selfpatch export`"
+        )
+    spec = BackboneSpec(meta[EXPORT_META_NAME], json.loads(meta.get(EXPORT_META_KWARGS, "{}")))
+    backbone = ViTBackbone(spec)
+    load_backbone_state(backbone.vit, load_file(str(path)), str(path))
+    return backbone
+
+
+def load_backbone(source: str | Path, device: str | torch.device = "cpu",
+                  which: str = "teacher") -> ViTBackbone:
+    """Build a frozen, eval-mode :class:`ViTBackbone` from any accepted source (module doc)."""
+    text = str(source)
+    if text.startswith("random:"):
+        parts = text.split(":")
+        patch = int(parts[2]) if len(parts) > 2 and parts[2] else 0
+        torch.manual_seed(0)
+        backbone = ViTBackbone(make_backbone_spec(parts[1], patch_size=patch))
+    elif text.endswith(".safetensors"):
+        if not Path(text).is_file():
+            raise SelfPatchError(f"exported backbone {text} does not exist; check the path")
+        backbone = _load_export(Path(text))
+    else:
+        ckpt = load_training_checkpoint(text)
+        backbone = ViTBackbone(BackboneSpec.from_dict(ckpt["backbone_spec"]))
+        load_backbone_state(backbone.vit, backbone_state_from_checkpoint(ckpt, which), text)
+    backbone.eval().requires_grad_(False)
+    return backbone.to(device)
+
+
+def describe_source(source: str | Path) -> dict[str, Any]:
+    """Small description for reports: the resolved path and, for checkpoints, the config."""
+    text = str(source)
+    if text.startswith("random:") or text.endswith(".safetensors"):
+        return {"source": text}
+    ckpt = load_training_checkpoint(text)
+    return {"source": str(resolve_checkpoint_path(text)), "config": ckpt.get("config", {}),
+            "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}

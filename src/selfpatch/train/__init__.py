@@ -1,0 +1,1 @@
+"""selfpatch.train"""

@@ -1,0 +1,135 @@
+"""DAVIS J and F against cases computed by hand, and the per-object statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from selfpatch.evaluate.jf import (
+    DavisScores,
+    boundary_f_measure,
+    boundary_map,
+    boundary_pixels,
+    dilate_disk,
+    disk,
+    region_similarity,
+    sequence_scores,
+    statistics,
+)
+
+
+def square(size=40, top=10, left=10, side=10):
+    m = np.zeros((size, size), bool)
+    m[top : top + side, left : left + side] = True
+    return m
+
+
+def test_j_shifted_squares_by_hand():
+    # 10x10 squares shifted by 2 columns: overlap 10*8 = 80, union 100 + 100 - 80 = 120.
+    assert region_similarity(square(), square(left=12)) == pytest.approx(80 / 120)
+    # Shifted by 3 rows and 4 columns: overlap 7*6 = 42, union 200 - 42 = 158.
+    assert region_similarity(square(), square(top=13, left=14)) == pytest.approx(42 / 158)
+
+
+def test_boundary_ring_of_a_square():
+    # seg2bmap marks the pixels that differ from their E/S/SE neighbour: for a 10x10 square at
+    # rows/cols 10..19 that is the ring with corners (9, 9) and (19, 19): 4 * 10 = 40 pixels.
+    b = boundary_map(square())
+    assert b.sum() == 40
+    assert b[9, 9:20].all() and b[19, 10:20].all() and b[9:20, 9].all() and b[10:20, 19].all()
+
+
+def test_tolerance_radius():
+    assert boundary_pixels(480, 854) == math.ceil(0.008 * math.hypot(480, 854)) == 8
+    assert boundary_pixels(40, 40) == 1
+    assert boundary_pixels(40, 40, bound_th=3) == 3
+
+
+def test_disk_and_dilation():
+    assert disk(1).sum() == 5 and disk(2).sum() == 13
+    m = np.zeros((9, 9), bool)
+    m[4, 4] = True
+    for r in (1, 2, 3):
+        assert np.array_equal(dilate_disk(m, r)[4 - r : 5 + r, 4 - r : 5 + r], disk(r))
+        assert dilate_disk(m, r).sum() == disk(r).sum()
+    # Near the border nothing wraps around.
+    e = np.zeros((6, 6), bool)
+    e[0, 0] = True
+    assert dilate_disk(e, 2).sum() == 6  # the quarter-disk: (0,0..2), (1,0..1), (2,0)
+
+
+def test_f_shifted_squares_by_hand():
+    # 40x40 frame -> radius ceil(0.008 * 56.6) = 1 (a plus-shaped disk). Shift by 2 columns:
+    # of the 40 GT ring pixels 22 have a predicted boundary pixel within the plus (top row
+    # x=10..19, bottom row x=10..19, right column rows 10 and 18); of the 40 predicted ones 22
+    # too (top x=11..20, bottom x=12..20, left column rows 10, 18, 19). P = R = 22/40.
+    f = boundary_f_measure(square(), square(left=12))
+    assert f == pytest.approx(0.55)
+
+
+def test_empty_and_perfect_conventions():
+    gt, empty = square(), np.zeros((40, 40), bool)
+    assert region_similarity(gt, gt) == 1 and boundary_f_measure(gt, gt) == 1
+    assert region_similarity(gt, empty) == 0 and boundary_f_measure(gt, empty) == 0
+    assert region_similarity(empty, gt) == 0 and boundary_f_measure(empty, gt) == 0
+    assert region_similarity(empty, empty) == 1 and boundary_f_measure(empty, empty) == 1
+    far = square(top=28, left=28, side=8)
+    assert region_similarity(square(), far) == 0 and boundary_f_measure(square(), far) == 0
+
+
+def test_vectorised_over_frames():
+    gt = np.stack([square(), square(), np.zeros((40, 40), bool)])
+    pred = np.stack([square(), square(left=12), np.zeros((40, 40), bool)])
+    assert np.allclose(region_similarity(gt, pred), [1, 80 / 120, 1])
+    assert np.allclose(boundary_f_measure(gt, pred), [1, 0.55, 1])
+
+
+def test_statistics_by_hand():
+    v = np.array([1, 1, 1, 0.5, 0.5, 0, 0, 0])
+    # Bins from round(linspace(1, 8, 5)) - 1 = [0, 2, 3, 5, 7]: first v[0:3], last v[5:8].
+    mean, recall, decay = statistics(v)
+    assert mean == pytest.approx(0.5)
+    assert recall == pytest.approx(3 / 8)
+    assert decay == pytest.approx(1.0)
+
+
+def test_sequence_scores_skip_first_and_last_frame_and_average_objects():
+    t, size = 5, 40
+    gt = np.zeros((t, size, size), np.int64)
+    gt[:, 10:20, 10:20] = 1
+    gt[:, 25:35, 25:35] = 2
+    pred = gt.copy()
+    pred[0] = 0  # frame 0 and the last frame are not scored
+    pred[-1] = 0
+    pred[2][gt[2] == 2] = 0  # object 2 lost in frame 2 only
+    j, f = sequence_scores(gt, pred)
+    assert j.shape == (2, 3)
+    assert np.allclose(j[0], 1) and np.allclose(j[1], [1, 0, 1])
+    assert np.allclose(f[1], [1, 0, 1])
+    scores = DavisScores()
+    scores.add_sequence("s", j, f)
+    g = scores.global_results()
+    assert g["J-Mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert g["J&F-Mean"] == pytest.approx((g["J-Mean"] + g["F-Mean"]) / 2)
+    assert [r["Sequence"] for r in scores.per_object()] == ["s_1", "s_2"]
+
+
+def test_void_label_is_background(tmp_path):
+    gt = np.zeros((3, 20, 20), np.int64)
+    gt[:, 5:10, 5:10] = 1
+    gt[:, 0, :] = 255
+    j, f = sequence_scores(gt, np.where(gt == 255, 0, gt))
+    assert np.allclose(j, 1) and np.allclose(f, 1)
+
+
+def test_csv_files_like_the_official_toolkit(tmp_path):
+    scores = DavisScores()
+    scores.add_sequence("bike", np.array([[1.0, 0.5, 1.0]]), np.array([[1.0, 1.0, 0.0]]))
+    g, s = scores.write_csv(tmp_path)
+    assert g.name == "global_results-val.csv" and s.name == "per-sequence_results-val.csv"
+    head, row = g.read_text().splitlines()
+    assert head == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
+    assert row.split(",")[1] == "0.833"
+    assert s.read_text().splitlines()[1] == "bike_1,0.833,0.667"

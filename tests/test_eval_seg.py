@@ -1,0 +1,130 @@
+"""Segmentation probe: metrics against an independent confusion matrix, training, bad input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from selfpatch.errors import SelfPatchError
+from selfpatch.evaluate.seg import (
+    IGNORE_INDEX,
+    ProbeSettings,
+    SegSplit,
+    confusion_matrix,
+    evaluate_probe,
+    evaluate_seg,
+    list_seg_pairs,
+    load_split,
+    segmentation_metrics,
+    train_probe,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_eval_data import make_seg  # noqa: E402
+
+
+class ColourBackbone(torch.nn.Module):
+    """Stand-in backbone: a patch's token is its mean colour (enough to separate the classes)."""
+
+    patch_size = 4
+    embed_dim = 3
+    num_prefix_tokens = 0
+
+    def grid_shape(self, height, width):
+        return height // 4, width // 4
+
+    def forward(self, images):
+        pooled = F.avg_pool2d(images, 4)
+        return pooled.flatten(2).transpose(1, 2)
+
+
+def reference_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int):
+    """mIoU / aAcc / mAcc by plain loops over pixels and classes (independent of the module)."""
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for p, t in zip(pred.ravel(), target.ravel()):
+        if t == IGNORE_INDEX:
+            continue
+        conf[t, p] += 1
+    ious, accs = [], []
+    for c in range(num_classes):
+        tp = conf[c, c]
+        gt = conf[c, :].sum()
+        predicted = conf[:, c].sum()
+        if gt + predicted - tp > 0:
+            ious.append(tp / (gt + predicted - tp))
+        if gt > 0:
+            accs.append(tp / gt)
+    a_acc = sum(conf[c, c] for c in range(num_classes)) / conf.sum()
+    return 100 * np.mean(ious), 100 * a_acc, 100 * np.mean(accs), conf
+
+
+def test_metrics_match_an_independent_confusion_matrix():
+    rng = np.random.default_rng(0)
+    c = 6
+    target = rng.integers(0, c, size=(4, 17, 13))
+    target[rng.random(target.shape) < 0.1] = IGNORE_INDEX
+    target[target == 5] = 0  # class 5 absent from the GT ...
+    pred = rng.integers(0, c - 1, size=target.shape)  # ... and from predictions: left out
+    pred[0, 0, :4] = 4
+    miou, aacc, macc, conf_ref = reference_metrics(pred, target, c)
+    conf = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), c)
+    assert np.array_equal(conf.numpy(), conf_ref)
+    m = segmentation_metrics(conf)
+    assert m["mIoU"] == pytest.approx(miou)
+    assert m["aAcc"] == pytest.approx(aacc)
+    assert m["mAcc"] == pytest.approx(macc)
+    assert np.isnan(m["per_class_IoU"][5]) and np.isnan(m["per_class_Acc"][5])
+
+
+def test_metrics_small_case_by_hand():
+    # GT [0 0 1 1], prediction [0 1 1 1]: IoU0 = 1/2, IoU1 = 2/3; Acc0 = 1/2, Acc1 = 1.
+    conf = confusion_matrix(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), 2)
+    m = segmentation_metrics(conf)
+    assert m["mIoU"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+    assert m["aAcc"] == pytest.approx(75.0)
+    assert m["mAcc"] == pytest.approx(75.0)
+
+
+def test_probe_learns_separable_features():
+    # Token = one-hot of its class: a linear probe must reach 100% mIoU.
+    g = torch.Generator().manual_seed(0)
+    labels_small = torch.randint(0, 3, (8, 4, 4), generator=g)
+    feats = F.one_hot(labels_small, 3).float() + 0.01 * torch.randn(8, 4, 4, 3, generator=g)
+    full = labels_small.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 16x16 labels
+    split = SegSplit(feats, full, [lab.numpy() for lab in full], [])
+    probe, loss = train_probe(split, 3, ProbeSettings(epochs=30, lr=0.05, batch_size=4))
+    m = segmentation_metrics(evaluate_probe(probe, split, 3))
+    assert m["mIoU"] > 90 and np.isfinite(loss)
+    # Seeded: the same settings give the same probe.
+    probe2, _ = train_probe(split, 3, ProbeSettings(epochs=30, lr=0.05, batch_size=4))
+    assert torch.equal(probe.head.weight, probe2.head.weight)
+
+
+def test_evaluate_seg_end_to_end(tmp_path):
+    root = make_seg(tmp_path / "ade", num_train=8, num_val=4)
+    out = evaluate_seg(ColourBackbone(), root, 3, ProbeSettings(epochs=15, lr=0.05), log=None)
+    assert out["num_train"] == 8 and out["num_val"] == 4
+    assert out["settings"]["image_size"] == 32
+    assert out["mIoU"] > 50 and out["aAcc"] > 80
+    assert len(out["per_class"]) == 3
+
+
+def test_image_label_size_mismatch_names_both_files(tmp_path):
+    root = make_seg(tmp_path / "ade", num_train=2, num_val=2)
+    anno = root / "annotations" / "training" / "img_0001.png"
+    Image.fromarray(np.zeros((20, 32), np.uint8), mode="L").save(anno)
+    pairs = list_seg_pairs(root, "train")
+    with pytest.raises(SelfPatchError, match=r"img_0001\.jpg.*32x32.*img_0001\.png.*20x32"):
+        load_split(ColourBackbone(), pairs, 32, 3, True, "cpu", 4)
+
+
+def test_label_out_of_range_during_evaluation(tmp_path):
+    root = make_seg(tmp_path / "ade", num_train=2, num_val=2, num_classes=3)
+    with pytest.raises(SelfPatchError, match=r"img_0000\.png.*value 3"):
+        evaluate_seg(ColourBackbone(), root, 2, ProbeSettings(epochs=1), log=None)
