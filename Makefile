@@ -36,7 +36,7 @@ $(BIN)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/selfpatch pretrain --config cpu-quick run.output_dir=$(RUN) \
 	  $$(test -f $(RUN)/checkpoints/last.pt && echo --resume)
-	$(BIN)/selfpatch eval all --checkpoint $(RUN) --checkpoint random:vit_tiny:8 --out $(RUN)/eval
+	$(BIN)/selfpatch eval all --checkpoint $(RUN) --checkpoint random:vit_tiny:16 --out $(RUN)/eval
 	@echo "report: $(RUN)/eval/report.md"
 
 test: setup

@@ -24,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_data import make_davis, make_seg  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine two torch threads
+    competing with other jobs run ~10x slower; restore the setting for other modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_top_fraction_uses_head_mean_and_patch_block():
     # 1 prefix token + 10 patches, 2 heads. Query patch 3's head-averaged row over patches is
     # 0..9 scaled, so the top 10% (1 patch) is patch 9 and the top 30% patches 7, 8, 9. The
@@ -66,7 +76,8 @@ def test_default_queries():
     (r, c), = default_queries(ring, 8, (4, 4))
     assert ring[r * 8 : r * 8 + 8, c * 8 : c * 8 + 8].any()
     # No annotation: fixed points.
-    assert default_queries(None, 8, (4, 4)) == [(2, 2), (1, 1), (2, 2)]
+    assert default_queries(None, 8, (10, 10)) == [(5, 5), (3, 3), (7, 7)]
+    assert default_queries(None, 8, (4, 4)) == [(2, 2), (1, 1)]
 
 
 def test_parse_queries():
@@ -87,3 +98,12 @@ def test_figures_are_written(tmp_path):
         assert path.is_file()
         with Image.open(path) as img:
             assert img.width > 100 and img.height > 100
+
+
+def test_large_images_are_shrunk_for_the_pictures(tmp_path):
+    from selfpatch.evaluate.attention import MAX_SIDE, sample_images
+
+    root = make_seg(tmp_path / "ade", num_train=1, num_val=1, size=600)
+    images, labels = sample_images(root, 1, 16)
+    assert max(images[0].size) <= MAX_SIDE and images[0].width % 16 == 0
+    assert labels[0].shape == (images[0].height, images[0].width)

@@ -18,6 +18,17 @@ from selfpatch.evaluate.report import COLUMNS, source_label, unique_labels
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_data import make_davis, make_knn, make_seg  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine two torch threads
+    competing with other jobs run ~10x slower; restore the setting for other modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 FAST = ["--device", "cpu", "--short-side", "0", "--seg-image-size", "32",
         "--knn-image-size", "32", "--seg-epochs", "2", "--num-images", "2"]
 
@@ -144,11 +155,39 @@ def test_bad_task_and_batch_size(data, tmp_path):
     with pytest.raises(SelfPatchError, match=r"unknown evaluation 'foo'"):
         run_cli(["eval", "all", "--checkpoint", "random:vit_tiny:8", "--tasks", "davis,foo",
                  "--data-root", str(data), "--out", str(tmp_path / "o")])
-    with pytest.raises(SelfPatchError, match=r"--batch-size"):
+    with pytest.raises(SelfPatchError, match=r"--batch-size must be at least 1, got 0"):
         run_cli(["eval", "knn", "--checkpoint", "random:vit_tiny:8", "--batch-size", "0"])
+    with pytest.raises(SelfPatchError, match=r"--fraction must be in \(0, 1\], got 2"):
+        run_cli(["eval", "all", "--checkpoint", "random:vit_tiny:8", "--fraction", "2"])
 
 
 def test_labels():
     assert source_label("random:vit_tiny:8") == "random-vit_tiny-8"
     assert source_label("runs/a/checkpoints/last.pt") == "a-last"
     assert unique_labels(["x.safetensors", "y/x.safetensors"]) == ["x", "x-2"]
+
+
+def test_bad_data_root_fails_before_any_work(data, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(SelfPatchError, match=r"--knn-root .*missing"):
+        run_cli(["eval", "all", "--checkpoint", "random:vit_tiny:8", "--data-root", str(data),
+                 "--knn-root", str(tmp_path / "missing"), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_config_table_shows_key_settings_and_differences():
+    from selfpatch.evaluate.report import config_table
+
+    entries = [
+        {"label": "a", "description": {"step": 5, "config": {
+            "method": "dino", "model": {"arch": "vit_tiny"}, "x": {"y": 1, "z": 0}}}},
+        {"label": "b", "description": {"step": 7, "config": {
+            "method": "dino+selfpatch", "model": {"arch": "vit_tiny"}, "x": {"y": 2, "z": 0}}}},
+    ]
+    table = "\n".join(config_table(entries))
+    assert "| config | a | b |" in table
+    assert "| `method` | dino | dino+selfpatch |" in table
+    assert "| `model.arch` | vit_tiny | vit_tiny |" in table  # always shown
+    assert "| `x.y` | 1 | 2 |" in table and "x.z" not in table  # only differences
+    assert config_table([{"label": "r", "description": {"source": "random:vit_tiny"}}]) == [
+        "No training config (random or exported weights)."]

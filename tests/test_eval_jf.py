@@ -133,3 +133,40 @@ def test_csv_files_like_the_official_toolkit(tmp_path):
     assert head == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
     assert row.split(",")[1] == "0.833"
     assert s.read_text().splitlines()[1] == "bike_1,0.833,0.667"
+
+
+def test_dilation_matches_opencv_with_skimage_disk():
+    """The official toolkit dilates with cv2.dilate and skimage's disk; where both libraries
+    are installed (not required by selfpatch), our exact row-max-pool dilation must agree."""
+    cv2 = pytest.importorskip("cv2")
+    sk_disk = pytest.importorskip("skimage.morphology").disk
+    rng = np.random.default_rng(0)
+    for radius, shape in ((1, (40, 40)), (2, (128, 128)), (8, (120, 213))):
+        masks = rng.random((3, *shape)) > 0.995
+        ours = dilate_disk(masks, radius)
+        for m, o in zip(masks, ours):
+            ref = cv2.dilate(m.astype(np.uint8), sk_disk(radius).astype(np.uint8)) > 0
+            assert np.array_equal(o, ref)
+
+
+def test_boundary_map_matches_the_pixel_definition():
+    # Definition, pixel by pixel: differs from the E, S or SE neighbour (outside = background);
+    # the last row compares with E only, the last column with S only, the corner is never set.
+    rng = np.random.default_rng(1)
+    m = rng.random((9, 11)) > 0.5
+    h, w = m.shape
+    ref = np.zeros_like(m)
+    for y in range(h):
+        for x in range(w):
+            east = m[y, x + 1] if x + 1 < w else False
+            south = m[y + 1, x] if y + 1 < h else False
+            se = m[y + 1, x + 1] if (y + 1 < h and x + 1 < w) else False
+            if y == h - 1 and x == w - 1:
+                ref[y, x] = False
+            elif y == h - 1:
+                ref[y, x] = m[y, x] != east
+            elif x == w - 1:
+                ref[y, x] = m[y, x] != south
+            else:
+                ref[y, x] = (m[y, x] != east) or (m[y, x] != south) or (m[y, x] != se)
+    assert np.array_equal(boundary_map(m), ref)

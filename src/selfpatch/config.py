@@ -79,6 +79,9 @@ class DataConfig:
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
     limit_images: int = 0  # use only the first N images (0 = all)
+    # Loader only decodes + resizes; crops and colour run batched on the training device
+    # (data.transforms.GpuMultiCrop), seeded per (run.seed, step, rank).
+    gpu_augment: bool = False
 
 
 @dataclass
@@ -308,6 +311,10 @@ def validate(cfg: Config) -> None:
                                               if cfg.data.n_local and cfg.selfpatch.local_crops else [])
             for size in sizes:
                 g = size // p
+                if g < 2:
+                    raise bad("data.global_size" if size == cfg.data.global_size else
+                              "data.local_size", f"{size}px crops give a {g}x{g} patch grid; "
+                              "SelfPatch needs at least 2x2 patches (larger crops or patches)")
                 table = build_neighbour_table(g, g, cfg.selfpatch.neighbourhood,
                                               cfg.selfpatch.border)
                 if cfg.selfpatch.k > table.size:

@@ -17,6 +17,7 @@ Three figures, all drawn with PIL:
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,9 @@ from selfpatch.evaluate.features import extract_patch_features, read_rgb, to_nor
 DEFAULT_QUERY_FRACTIONS = ((0.5, 0.5), (0.3, 0.3), (0.7, 0.7))
 #: Panels are upscaled (nearest) to at least this many pixels on their short side.
 MIN_PANEL = 160
+#: Larger images (real data sets) are shrunk to this long side first: the attention map of
+#: the whole image is materialised, ``heads x N x N``.
+MAX_SIDE = 448
 
 
 # ----------------------------------------------------------------------------- computations
@@ -99,7 +103,9 @@ def default_queries(label: np.ndarray | None, patch: int, grid: tuple[int, int],
             if q not in queries:
                 queries.append(q)
     if not queries:
-        queries = fraction_queries(DEFAULT_QUERY_FRACTIONS[:max_queries], grid)
+        # Fixed points; on tiny grids several can fall on one patch, keep it once.
+        queries = list(dict.fromkeys(fraction_queries(DEFAULT_QUERY_FRACTIONS[:max_queries],
+                                                      grid)))
     return queries
 
 
@@ -254,19 +260,28 @@ def read_predictions(results_dir: str | Path, seq: DavisSequence) -> np.ndarray 
 
 def sample_images(seg_root: str | Path, num_images: int, patch: int,
                   split: str = "val") -> tuple[list[Image.Image], list[np.ndarray | None]]:
-    """First ``num_images`` images of an ADE20K-layout split (cropped to the patch size), with
-    their annotations when present (used for the default queries)."""
+    """First ``num_images`` images of an ADE20K-layout split with their annotations.
+
+    Images are shrunk to a long side of at most :data:`MAX_SIDE` and cropped to a multiple of
+    the patch size; an annotation of another size than its image is dropped (default queries
+    then fall back to fixed points).
+    """
     from selfpatch.evaluate.seg import list_seg_pairs
 
     images, labels = [], []
     for img_path, anno_path in list_seg_pairs(seg_root, split, num_images):
         img = read_rgb(img_path)
+        label = Image.fromarray(read_label_png(anno_path).astype(np.uint8))
+        same = label.size == img.size
+        scale = min(1.0, MAX_SIDE / max(img.size))
+        if scale < 1:
+            size = (round(img.width * scale), round(img.height * scale))
+            img, label = img.resize(size, Image.BILINEAR), label.resize(size, Image.NEAREST)
         h, w = img.height - img.height % patch, img.width - img.width % patch
         if h < patch or w < patch:
             raise SelfPatchError(f"image {img_path} is smaller than one {patch}px patch")
         images.append(img.crop((0, 0, w, h)))
-        label = read_label_png(anno_path)
-        labels.append(label[:h, :w] if label.shape[:2] == (img.height, img.width) else None)
+        labels.append(np.asarray(label.crop((0, 0, w, h))) if same else None)
     return images, labels
 
 
@@ -287,6 +302,7 @@ def evaluate_attention(backbone, out_dir: str | Path, seg_root: str | Path | Non
     """
     from selfpatch.evaluate.davis import list_davis_sequences
 
+    start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures: dict[str, str] = {}
@@ -314,6 +330,7 @@ def evaluate_attention(backbone, out_dir: str | Path, seg_root: str | Path | Non
         for name, p in pictures.items():
             log(f"attention: wrote {name} picture {p}")
     return {"pictures": pictures,
+            "seconds": time.perf_counter() - start,
             "settings": {"fraction": fraction, "num_images": num_images,
                          "queries": [list(q) for q in queries] if queries else "default",
                          "attention": "last block, mean over heads, patch-to-patch block"}}

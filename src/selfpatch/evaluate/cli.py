@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.attention import parse_queries
 from selfpatch.evaluate.features import resolve_device
@@ -17,10 +19,14 @@ from selfpatch.evaluate.options import TASKS, EvalOptions
 from selfpatch.evaluate.report import (
     default_out_dir,
     evaluate_all,
+    json_safe,
     load_for_eval,
     run_task,
     summary_metrics,
 )
+
+#: Defaults shared with the Python API.
+D = EvalOptions()
 
 SOURCE_HELP = ("run directory, training checkpoint (.pt), exported backbone (.safetensors) or "
                "random:ARCH[:PATCH] (e.g. random:vit_tiny:8)")
@@ -36,7 +42,11 @@ def _common(p: argparse.ArgumentParser, several: bool = False) -> None:
                    help="output folder (default: <run>/eval for a run directory, "
                         "else runs/eval-<timestamp>)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice); 1 can be much "
+                        "faster on a machine shared with other jobs")
+    p.add_argument("--batch-size", type=int, default=D.batch_size,
+                   help=f"images per forward pass (default {D.batch_size})")
     p.add_argument("--data-root", default=None,
                    help="folder holding real data sets (DAVIS/, ADEChallengeData2016/, "
                         "imagenet/); default: the built-in data")
@@ -51,11 +61,15 @@ def _davis(p: argparse.ArgumentParser, root: bool = True) -> None:
     g.add_argument("--short-side", type=int, default=None,
                    help="frame short side fed to the network (default: native for the "
                         "built-in data, 480 for real DAVIS; 0 = native)")
-    g.add_argument("--n-last-frames", type=int, default=7)
-    g.add_argument("--size-mask-neighborhood", type=int, default=12,
-                   help="spatial window radius in patches (0 = whole frame)")
-    g.add_argument("--topk", type=int, default=5)
-    g.add_argument("--davis-temperature", type=float, default=0.1)
+    g.add_argument("--n-last-frames", type=int, default=D.n_last_frames,
+                   help=f"previous frames in the context (default {D.n_last_frames})")
+    g.add_argument("--size-mask-neighborhood", type=int, default=D.size_mask_neighborhood,
+                   help="spatial window radius in patches (default "
+                        f"{D.size_mask_neighborhood}; 0 = whole frame)")
+    g.add_argument("--topk", type=int, default=D.topk,
+                   help=f"sources voting per patch (default {D.topk})")
+    g.add_argument("--davis-temperature", type=float, default=D.davis_temperature,
+                   help=f"affinity temperature (default {D.davis_temperature})")
 
 
 def _seg(p: argparse.ArgumentParser, root: bool = True) -> None:
@@ -66,10 +80,13 @@ def _seg(p: argparse.ArgumentParser, root: bool = True) -> None:
                    help="classes (default: 10 built-in, 150 for a real root)")
     g.add_argument("--seg-image-size", type=int, default=None,
                    help="square input side (default: native built-in, 512 real)")
-    g.add_argument("--seg-epochs", type=int, default=20)
-    g.add_argument("--seg-lr", type=float, default=5e-3)
-    g.add_argument("--seg-batch-size", type=int, default=32)
-    g.add_argument("--seg-seed", type=int, default=0)
+    g.add_argument("--seg-epochs", type=int, default=D.seg_epochs,
+                   help=f"probe epochs (default {D.seg_epochs})")
+    g.add_argument("--seg-lr", type=float, default=D.seg_lr,
+                   help=f"AdamW learning rate (default {D.seg_lr})")
+    g.add_argument("--seg-batch-size", type=int, default=D.seg_batch_size,
+                   help=f"probe images per step (default {D.seg_batch_size})")
+    g.add_argument("--seg-seed", type=int, default=D.seg_seed)
     g.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
                    help="labels are already 0..C-1 (255 = ignore) instead of 0 = ignore")
     g.add_argument("--train-limit", type=int, default=0, help="use the first N train images")
@@ -79,8 +96,10 @@ def _seg(p: argparse.ArgumentParser, root: bool = True) -> None:
 def _knn(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("k-NN")
     g.add_argument("--knn-root", default=None, help="ImageFolder root with train/ and val/")
-    g.add_argument("--knn-k", type=int, default=20)
-    g.add_argument("--knn-temperature", type=float, default=0.07)
+    g.add_argument("--knn-k", type=int, default=D.knn_k,
+                   help=f"neighbours (default {D.knn_k})")
+    g.add_argument("--knn-temperature", type=float, default=D.knn_temperature,
+                   help=f"vote temperature (default {D.knn_temperature})")
     g.add_argument("--knn-image-size", type=int, default=None,
                    help="input side (default: native built-in, 224 real)")
     g.add_argument("--center-crop", dest="center_crop", action="store_true", default=None,
@@ -90,11 +109,13 @@ def _knn(p: argparse.ArgumentParser) -> None:
 
 def _attention(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pictures")
-    g.add_argument("--num-images", type=int, default=4)
+    g.add_argument("--num-images", type=int, default=D.num_images,
+                   help=f"images in the attention / PCA pictures (default {D.num_images})")
     g.add_argument("--queries", default=None,
                    help="query points 'row,col;row,col' as fractions of the image "
                         "(default: centres of the largest labelled regions)")
-    g.add_argument("--fraction", type=float, default=0.1, help="share of patches shown")
+    g.add_argument("--fraction", type=float, default=D.fraction,
+                   help=f"share of patches shown per query (default {D.fraction})")
     g.add_argument("--sequence", default=None, help="video for the propagation picture")
 
 
@@ -150,8 +171,12 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         opts.sequences = [s for s in opts.sequences.split(",") if s]
     if isinstance(opts.queries, str):
         opts.queries = parse_queries(opts.queries)
-    if opts.batch_size < 1:
-        raise SelfPatchError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    opts.validate()
+    threads = getattr(args, "threads", 0)
+    if threads < 0:
+        raise SelfPatchError(f"--threads must be 0 (automatic) or more, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     return opts
 
 
@@ -164,11 +189,11 @@ def _handle_task(args: argparse.Namespace) -> int:
     describe_source(args.checkpoint)  # fails early, with one line, on a missing checkpoint
     out = Path(args.out) if args.out else default_out_dir([args.checkpoint]) / task
     backbone = load_for_eval(args.checkpoint, device)
-    out.mkdir(parents=True, exist_ok=True)
     result = run_task(task, args.checkpoint, backbone, opts, out, device,
                       getattr(args, "davis_results", None))
+    out.mkdir(parents=True, exist_ok=True)  # after the run: no empty folder on a data error
     path = out / f"{task}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    path.write_text(json.dumps(json_safe(result), indent=2, default=str))
     metrics = summary_metrics({task: result})
     if metrics:
         print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items()))

@@ -89,24 +89,24 @@ def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path
     if task == "davis":
         data = opts.data("davis")
         return evaluate_davis(backbone, data.root, task_dir, opts.split,
-                              opts.propagation(data.builtin), device, opts.batch_size,
+                              opts.propagation(data.builtin, backbone.patch_size), device, opts.batch_size,
                               opts.sequences, log)
     if task == "seg":
         data = opts.data("seg")
-        return evaluate_seg(backbone, data.root, opts.seg_classes(data), opts.probe(data.builtin),
+        return evaluate_seg(backbone, data.root, opts.seg_classes(data), opts.probe(data.builtin, backbone.patch_size),
                             device, opts.batch_size, opts.train_limit, opts.val_limit,
                             data.class_names if opts.num_classes in (None, data.num_classes)
                             else None, log)
     if task == "knn":
         data = opts.data("knn")
-        size, crop = opts.knn_geometry(data.builtin)
+        size, crop = opts.knn_geometry(data.builtin, backbone.patch_size)
         return evaluate_knn(backbone, data.root, source, opts.knn_k, opts.knn_temperature, size,
                             crop, device, opts.batch_size, log=log)
     if task == "attention":
         seg, davis = opts.data("seg"), opts.data("davis")
         return evaluate_attention(backbone, task_dir, seg.root, davis.root,
                                   opts.split, opts.sequence, davis_results, opts.num_images,
-                                  opts.queries, opts.fraction, opts.propagation(davis.builtin),
+                                  opts.queries, opts.fraction, opts.propagation(davis.builtin, backbone.patch_size),
                                   device, opts.batch_size, log)
     raise SelfPatchError(f"unknown evaluation {task!r}; choose one of {', '.join(TASKS)}")
 
@@ -141,6 +141,7 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
         The report dict (also written as ``report.json``), with ``"report_md"`` set.
     """
     opts = opts or EvalOptions()
+    opts.validate()
     if not sources:
         raise SelfPatchError("eval all needs at least one --checkpoint")
     bad = [t for t in tasks if t not in TASKS]
@@ -148,12 +149,15 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
         raise SelfPatchError(f"unknown evaluation {bad[0]!r} in --tasks; choose from "
                              f"{', '.join(TASKS)}")
     device = resolve_device(opts.device)
-    out_dir = Path(out_dir) if out_dir else default_out_dir(sources)
-    out_dir.mkdir(parents=True, exist_ok=True)
     from selfpatch.models.loading import describe_source
 
-    # Describe every source first so that a missing checkpoint fails before any work.
+    # Check every source and data root first, so that a typo fails before minutes of work.
     described = [describe_source(s) for s in sources]
+    for task in tasks:
+        for data_task in (("seg", "davis") if task == "attention" else (task,)):
+            opts.data(data_task)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(sources)
+    out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for source, label, desc in zip(sources, unique_labels(sources), described):
         start = time.perf_counter()
@@ -188,19 +192,19 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
     json_path = out_dir / "report.json"
     md_path = out_dir / "report.md"
     report["report_md"] = str(md_path)
-    json_path.write_text(json.dumps(_jsonable(report), indent=2))
+    json_path.write_text(json.dumps(json_safe(report), indent=2))
     md_path.write_text(render_markdown(report, out_dir))
     return report
 
 
-def _jsonable(obj):
+def json_safe(obj):
     """Replace NaN/inf (not valid JSON) by None, recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -219,6 +223,32 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+#: Training-config keys always shown in the report's config table (when present).
+CONFIG_KEYS = ("method", "model.arch", "model.patch_size", "selfpatch.neighbourhood",
+               "selfpatch.border", "selfpatch.k", "selfpatch.aggregation",
+               "selfpatch.loss_weight", "data.path", "data.global_size", "optim.epochs",
+               "optim.batch_size", "optim.base_lr")
+
+
+def config_table(entries: list[dict]) -> list[str]:
+    """Markdown table of each checkpoint's training config: step, epoch, the keys of
+    :data:`CONFIG_KEYS`, and every other key whose value differs between checkpoints (the
+    full configs are in report.json)."""
+    configs = [{"step": e["description"].get("step"), "epoch": e["description"].get("epoch"),
+                **_flatten(e["description"].get("config") or {})} for e in entries]
+    if not any(v is not None for c in configs for v in c.values()):
+        return ["No training config (random or exported weights)."]
+    keys = ["step", "epoch"] + [k for k in CONFIG_KEYS if any(k in c for c in configs)]
+    every = sorted({k for c in configs for k in c} - set(keys))
+    keys += [k for k in every if len({repr(c.get(k)) for c in configs}) > 1]
+    lines = ["| config | " + " | ".join(e["label"] for e in entries) + " |",
+             "|---|" + "---|" * len(entries)]
+    for k in keys:
+        cells = ["—" if c.get(k) is None else str(c[k]).replace("|", "/") for c in configs]
+        lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_markdown(report: dict, out_dir: Path) -> str:
@@ -266,7 +296,7 @@ def render_markdown(report: dict, out_dir: Path) -> str:
             f"{first['knn']['num_val']} val images, {first['knn']['num_classes']} classes, "
             f"{s['image_size']} px{', centre crop' if s['center_crop'] else ''}): "
             f"k={s['k']}, T={s['temperature']}, {s['weighting']} votes on L2-normalised "
-            f"{s['embedding']}.")
+            f"embeddings: {s['embedding']}.")
     if "attention" in first:
         s = first["attention"]["settings"]
         lines.append(f"- **Pictures**: {s['attention']}, top {s['fraction']:.0%} of patches per "
@@ -274,20 +304,13 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     lines += ["", "## Checkpoints", ""]
     for e in entries:
         desc = e["description"]
-        lines.append(f"### {e['label']}")
-        lines.append("")
-        lines.append(f"- source: `{desc.get('source', e['source'])}`")
-        lines.append(f"- backbone: {e['backbone']['timm_name']}, patch "
-                     f"{e['backbone']['patch_size']}, dim {e['backbone']['embed_dim']}")
-        if desc.get("step") is not None or desc.get("epoch") is not None:
-            lines.append(f"- step {desc.get('step')}, epoch {desc.get('epoch')}")
-        config = _flatten(desc.get("config") or {})
-        for key in sorted(config)[:40]:
-            lines.append(f"- `{key}`: {config[key]}")
-        if len(config) > 40:
-            lines.append(f"- ... {len(config) - 40} more keys in report.json")
-        lines.append(f"- evaluation time: {e['seconds']:.1f} s")
-        lines.append("")
+        per_task = ", ".join(f"{t} {r['seconds']:.0f} s" for t, r in e["results"].items()
+                             if r.get("seconds") is not None)
+        lines.append(f"- **{e['label']}**: `{desc.get('source', e['source'])}`; "
+                     f"{e['backbone']['timm_name']}, patch {e['backbone']['patch_size']}, "
+                     f"dim {e['backbone']['embed_dim']}; evaluated in {e['seconds']:.1f} s "
+                     f"({per_task})")
+    lines += [""] + config_table(entries) + [""]
     pictures = [(e["label"], name, Path(p)) for e in entries
                 for name, p in e["results"].get("attention", {}).get("pictures", {}).items()]
     if pictures:

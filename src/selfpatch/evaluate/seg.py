@@ -42,8 +42,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class ProbeSettings:
     """Linear-probe training settings."""
 
-    epochs: int = 20
-    lr: float = 5e-3
+    epochs: int = 10
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 32
     seed: int = 0

@@ -47,6 +47,11 @@ class CenteredDistillationLoss(nn.Module):
         The batch centre is the mean over every row of every tensor, averaged over all
         processes when a process group is running. Nothing here waits on the host.
         """
+        self.apply_center(self.batch_center(teacher_logits))
+
+    @torch.no_grad()
+    def batch_center(self, teacher_logits: list[torch.Tensor]) -> torch.Tensor:
+        """``(1, K)`` mean of the teacher outputs over all rows (and processes)."""
         rows = sum(t.reshape(-1, t.shape[-1]).shape[0] for t in teacher_logits)
         total = sum(t.reshape(-1, t.shape[-1]).float().sum(dim=0, keepdim=True)
                     for t in teacher_logits)
@@ -54,7 +59,11 @@ class CenteredDistillationLoss(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
-        batch_center = total / count
+        return total / count
+
+    @torch.no_grad()
+    def apply_center(self, batch_center: torch.Tensor) -> None:
+        """``center = m * center + (1 - m) * batch_center``."""
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
@@ -70,13 +79,16 @@ class DINOLoss(CenteredDistillationLoss):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor],
                 teacher_temp: float) -> torch.Tensor:
+        # One log-softmax per student view, shared by its pairs (not one per pair): half the
+        # work and half the (V, B, K) float32 tensors kept for backward with 2 teacher views.
+        log_p = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student]
         total, pairs = 0.0, 0
         for a, t in enumerate(teacher):
             probs = self.teacher_probs(t, teacher_temp)
-            for b, s in enumerate(student):
+            for b, lp in enumerate(log_p):
                 if b == a:
                     continue
-                total = total + sharpened_cross_entropy(s, probs, self.student_temp).mean()
+                total = total - (probs * lp).sum(dim=-1).mean()
                 pairs += 1
         return total / max(pairs, 1)
 
@@ -90,8 +102,20 @@ class PatchDistillationLoss(CenteredDistillationLoss):
     """
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor],
-                teacher_temp: float) -> torch.Tensor:
-        losses = [sharpened_cross_entropy(s, self.teacher_probs(t, teacher_temp),
-                                          self.student_temp).mean()
-                  for s, t in zip(student, teacher, strict=True)]
+                teacher_temp: float, release: bool = False) -> torch.Tensor:
+        """With ``release=True`` each list entry is set to None once its view's term is
+        computed, so that view's ``(B, N_v, K)`` logits (the largest tensors of a SelfPatch
+        step) are freed right away instead of living until the caller returns; the caller
+        must hold no other reference to them. The autograd graph keeps only the float32
+        log-probabilities and teacher probabilities it needs for backward."""
+        if len(student) != len(teacher):
+            raise ValueError(f"{len(student)} student views but {len(teacher)} teacher views")
+        losses = []
+        for i in range(len(student)):
+            s, t = student[i], teacher[i]
+            if release:
+                student[i] = teacher[i] = None
+            losses.append(sharpened_cross_entropy(s, self.teacher_probs(t, teacher_temp),
+                                                  self.student_temp).mean())
+            del s, t
         return torch.stack(losses).mean()

@@ -54,7 +54,8 @@ def build_neighbour_table(h: int, w: int, kind: str = "3x3", border: str = "vali
     Args:
         kind: ``3x3`` (8 candidates), ``5x5`` (24) or ``all`` (every other patch, ``N - 1``).
         border: ``valid`` masks candidates outside the grid; ``wrap`` takes them modulo the
-            grid size on both axes (a torus), as the reference implementation's tables do.
+            grid size on both axes (a torus), as the reference implementation's tables do
+            (on grids smaller than the window, self and repeated candidates are masked).
     """
     if kind not in NEIGHBOURHOODS:
         raise SelfPatchError(f"selfpatch.neighbourhood={kind!r} is not one of {NEIGHBOURHOODS}")
@@ -75,7 +76,13 @@ def build_neighbour_table(h: int, w: int, kind: str = "3x3", border: str = "vali
     cols = (flat % w)[:, None] + offs[None, :, 1]
     if border == "wrap":
         rows, cols = rows % h, cols % w
-        valid = torch.ones_like(rows, dtype=torch.bool)
+        index = rows * w + cols
+        # On grids narrower than the window the torus folds onto itself: a patch would list
+        # itself or the same neighbour twice. Mask those (never happens on 14x14 or 6x6).
+        m = index.shape[1]
+        earlier = torch.ones(m, m, dtype=torch.bool).tril(-1)
+        repeated = ((index[:, :, None] == index[:, None, :]) & earlier).any(dim=2)
+        valid = (index != flat[:, None]) & ~repeated
     else:
         valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     index = torch.where(valid, rows * w + cols, flat[:, None].expand_as(rows))

@@ -124,11 +124,23 @@ class TeacherStudent(nn.Module):
                     rep = self.teacher.image_representation(cls, tokens)
                     t_img += list(self.teacher.image_head(rep).chunk(end - start))
                 if patch_on and start < n_patch_views:
-                    y = self.targets(tokens, grid, self.teacher.aggregator)  # (gB, N, D)
-                    t_patch += list(self.teacher.patch_head(y).chunk(end - start))
+                    n_views = min(end, n_patch_views) - start  # a group may be partly patch views
+                    y = self.targets(tokens[: n_views * views[start].shape[0]], grid,
+                                     self.teacher.aggregator)  # (gB, N, D)
+                    t_patch += list(self.teacher.patch_head(y).chunk(n_views))
                     if diagnostics:
                         stats.setdefault("valid_neighbour_share", self.targets.last_valid_share)
                 del tokens, cls
+            if patch_on:
+                # Centre statistics and diagnostics now, so that the loss below can free each
+                # view's (B, N_v, K) teacher logits as soon as it has used them.
+                patch_center = self.patch_loss.batch_center(t_patch)
+                if diagnostics:
+                    probs = self.patch_loss.teacher_probs(t_patch[0], teacher_temp)
+                    stats["teacher_patch_entropy"] = -(
+                        probs * probs.clamp_min(1e-12).log()).sum(-1).mean() / math.log(
+                        probs.shape[-1])
+                    del probs
 
         # Student: image logits for every view, patch logits for each patch view. Runs
         # through `student_runner` (the DDP wrapper in distributed runs).
@@ -141,20 +153,17 @@ class TeacherStudent(nn.Module):
         loss = image_loss
         stats["image_loss"] = image_loss.detach()
         if patch_on:
-            patch_loss = self.patch_loss(s_patch, t_patch, teacher_temp)
+            # release: the loss drops both lists' logits view by view (memory, see losses.py)
+            patch_loss = self.patch_loss(s_patch, t_patch, teacher_temp, release=True)
             loss = image_loss + lam * patch_loss
             stats["patch_loss"] = patch_loss.detach()
-            if diagnostics:
-                probs = self.patch_loss.teacher_probs(t_patch[0], teacher_temp)
-                stats["teacher_patch_entropy"] = -(probs * probs.clamp_min(1e-12).log()).sum(
-                    -1).mean() / math.log(probs.shape[-1])
         stats["loss"] = loss.detach()
 
         # Centres move after the loss used them (DINO's order).
         self.objective.after_step(t_img if self.cfg.dino.center_views == "all"
                                   else t_img[:N_GLOBAL])
         if patch_on:
-            self.patch_loss.update_center(t_patch)
+            self.patch_loss.apply_center(patch_center)
         return loss, stats
 
     # ------------------------------------------------------------------ EMA

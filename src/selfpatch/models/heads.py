@@ -42,4 +42,7 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return self.last_layer(x)
+        # The prototype scores are divided by temperatures as low as 0.04: under bf16 autocast
+        # their rounding (~0.1 logit) would be amplified, so this layer always runs in fp32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.last_layer(x.float())

@@ -48,7 +48,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise SelfPatchError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}")
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SelfPatchError(f"cannot read checkpoint {path} ({exc.__class__.__name__}: {first}); "
+                             "is it a complete file written by `selfpatch pretrain`?") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SelfPatchError(
             f"{path} is not a selfpatch training checkpoint (no format={CHECKPOINT_FORMAT!r}); "
@@ -126,3 +128,45 @@ def describe_source(source: str | Path) -> dict[str, Any]:
     ckpt = load_training_checkpoint(text)
     return {"source": str(resolve_checkpoint_path(text)), "config": ckpt.get("config", {}),
             "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}
+
+
+class ImageEmbedder(torch.nn.Module):
+    """``(B, 3, H, W) -> (B, D)``: a backbone plus the method's own image representation."""
+
+    def __init__(self, backbone: ViTBackbone, aggregator: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone, self.aggregator = backbone, aggregator
+        self.kind = "aggregator" if aggregator is not None else (
+            "cls" if backbone.num_prefix_tokens else "mean")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cls, tokens = self.backbone.forward_tokens(images)
+        if self.aggregator is not None:
+            return self.aggregator(tokens, None)
+        return cls if cls is not None else tokens.mean(dim=1)
+
+
+def load_image_embedder(source: str | Path, device: str | torch.device = "cpu") -> ImageEmbedder:
+    """The image representation used for k-NN, as each method defines it.
+
+    SelfPatch checkpoints: the teacher's aggregation module over all patch tokens (paper
+    Eq. 4); plain DINO checkpoints and backbones with a [CLS] token: the [CLS] token; other
+    backbones (random, exported without [CLS]): mean-pooled patch tokens.
+    """
+    backbone = load_backbone(source, device)
+    text = str(source)
+    aggregator = None
+    if not (text.startswith("random:") or text.endswith(".safetensors")):
+        from selfpatch.config import config_from_dict
+        from selfpatch.methods.teacher_student import TeacherStudent
+
+        ckpt = load_training_checkpoint(text)
+        cfg = config_from_dict(ckpt["config"])
+        if cfg.uses_selfpatch:
+            model = TeacherStudent(cfg, backbone=ViTBackbone(backbone.spec))
+            prefix = "teacher.aggregator."
+            model.teacher.aggregator.load_state_dict(
+                {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+            aggregator = model.teacher.aggregator.eval().requires_grad_(False).to(device)
+    return ImageEmbedder(backbone, aggregator).eval()

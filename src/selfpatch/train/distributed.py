@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,10 +27,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+# How long a collective may wait for the other ranks before raising instead of hanging (a
+# rank that died without torchrun noticing, a wedged file system). Generous because rank 0
+# alone builds the built-in data set while the others wait at a barrier.
+TIMEOUT_ENV = "SELFPATCH_DIST_TIMEOUT_MIN"
+
+
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Start a process group when launched by torchrun with more than one process.
 
-    NCCL when the run uses CUDA, gloo on CPU. A single process needs no group.
+    NCCL when the run uses CUDA, gloo on CPU. A single process needs no group. Collectives
+    time out after ``$SELFPATCH_DIST_TIMEOUT_MIN`` minutes (default 30).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -40,13 +48,41 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        minutes = float(os.environ.get(TIMEOUT_ENV, "30"))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=timedelta(minutes=minutes))
     return DistInfo(rank, local_rank, world)
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every parameter and buffer of ``module`` from rank ``src`` to all ranks.
+
+    DDP syncs only the module it wraps (the student); the EMA teacher and the loss centres
+    must start equal on every rank too, or the ranks' targets differ from the first step.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Average 0-dim tensors over ranks in one all-reduce (identity without a group).
+
+    Every rank must call it with the same keys in the same order.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    dist.all_reduce(stacked)
+    stacked /= dist.get_world_size()
+    return dict(zip(values, stacked.unbind(0), strict=True))
 
 
 def cleanup() -> None:

@@ -22,8 +22,13 @@ from tqdm import tqdm
 
 from selfpatch.config import Config
 from selfpatch.data.folder import ImageFolderDataset
-from selfpatch.data.seeded import SeededViews, collate_views
-from selfpatch.data.transforms import MultiCropConfig, MultiCropTransform
+from selfpatch.data.seeded import SeededViews, collate_views, sample_seed
+from selfpatch.data.transforms import (
+    GpuMultiCrop,
+    MultiCropConfig,
+    MultiCropTransform,
+    gpu_multicrop_collate,
+)
 from selfpatch.errors import SelfPatchError
 from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.models.loading import (
@@ -64,9 +69,21 @@ def resolve_data_root(cfg: Config, info: D.DistInfo) -> Path:
     return root
 
 
+def multicrop_config(cfg: Config) -> MultiCropConfig:
+    d = cfg.data
+    return MultiCropConfig(global_size=d.global_size, global_scale=tuple(d.global_scale),
+                           local_size=d.local_size, local_scale=tuple(d.local_scale),
+                           n_local=d.n_local)
+
+
 def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
                  ) -> tuple[DataLoader, EpochSampler, ImageFolderDataset]:
-    """Multi-crop DataLoader over the image folder, with a seeded, resumable sampler."""
+    """Multi-crop DataLoader over the image folder, with a seeded, resumable sampler.
+
+    Batches are ``(views, ok)`` (V tensors ``(B, 3, S_v, S_v)``, ``(B,)`` bool), or with
+    ``data.gpu_augment`` ``(images (B, 3, S, S) uint8, sizes (B, 2), ok (B,))`` for
+    :func:`device_views`.
+    """
     root = resolve_data_root(cfg, info)
     dataset = ImageFolderDataset(root)
     report = dataset.scan(verify=True)
@@ -75,9 +92,11 @@ def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
     if cfg.data.limit_images:
         dataset.files = dataset.files[: cfg.data.limit_images]
     d = cfg.data
-    transform = MultiCropTransform(MultiCropConfig(
-        global_size=d.global_size, global_scale=tuple(d.global_scale), local_size=d.local_size,
-        local_scale=tuple(d.local_scale), n_local=d.n_local))
+    if d.gpu_augment:  # workers only decode + resize; the views are made on the device
+        transform, collate = GpuMultiCrop(multicrop_config(cfg)).loader_transform(), \
+            gpu_multicrop_collate
+    else:
+        transform, collate = MultiCropTransform(multicrop_config(cfg)), collate_views
     sampler = EpochSampler(len(dataset), cfg.optim.batch_size, cfg.run.seed, info.rank,
                            info.world_size)
     if sampler.batches_per_epoch == 0:
@@ -86,13 +105,35 @@ def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
             f"{cfg.optim.batch_size} x {info.world_size} process(es); lower optim.batch_size")
     loader = DataLoader(
         SeededViews(dataset, transform, cfg.run.seed), batch_size=cfg.optim.batch_size,
-        sampler=sampler, num_workers=d.num_workers, collate_fn=collate_views,
+        sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
         pin_memory=d.pin_memory and device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if d.num_workers else None,
         # Its own generator: creating an epoch's iterator must not draw from the global RNG,
         # or a run resumed mid-epoch would see a shifted drop-path stream.
         generator=torch.Generator().manual_seed(cfg.run.seed))
     return loader, sampler, dataset
+
+
+def augment_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the device-side augmentation of global step ``step`` on ``rank``."""
+    return sample_seed(seed, step, rank) ^ 0x2545F4914F6CDD1D  # apart from per-sample seeds
+
+
+def device_views(augment: GpuMultiCrop, images: torch.Tensor, sizes: torch.Tensor,
+                 seed: int) -> list[torch.Tensor]:
+    """``GpuMultiCrop`` views of a ``(B, 3, S, S)`` uint8 batch, drawn under a forked RNG.
+
+    Seeding by (run seed, step, rank) makes a resumed run draw the same views, and forking
+    leaves the global stream (drop-path) exactly as without device-side augmentation. The
+    views depend on the batch as a whole, so unlike the loader path they change with the
+    per-rank batch size and the number of processes.
+    """
+    device = images.device
+    cuda = ([device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else [])
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return augment(images, sizes)
 
 
 def init_from(model: TeacherStudent, source: str) -> None:
@@ -160,6 +201,8 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
     model = TeacherStudent(cfg).to(device)
     if cfg.model.init_from and not resume:
         init_from(model, cfg.model.init_from)
+    if info.enabled:
+        D.broadcast_module(model)  # teacher and centres too, not only DDP's student
     if cfg.run.compile:
         model.student.backbone.compile()
         model.teacher.backbone.compile()
@@ -210,6 +253,7 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
 
+    gpu_augment = GpuMultiCrop(multicrop_config(cfg)) if cfg.data.gpu_augment else None
     amp = (torch.autocast(device.type, dtype=AMP_DTYPES[cfg.run.precision])
            if cfg.run.precision in AMP_DTYPES else contextlib.nullcontext())
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -222,9 +266,16 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
     epoch = start_epoch
     for epoch in range(start_epoch, o.epochs):
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        for views, ok in loader:
+        for batch in loader:
             it = step
-            views = [v.to(device, non_blocking=True) for v in views]
+            if gpu_augment is None:
+                views, ok = batch
+                views = [v.to(device, non_blocking=True) for v in views]
+            else:
+                images, sizes, ok = batch
+                views = device_views(gpu_augment, images.to(device, non_blocking=True),
+                                     sizes.to(device, non_blocking=True),
+                                     augment_seed(cfg.run.seed, it, info.rank))
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_s[it])
                 if not group.get("no_decay"):
@@ -251,6 +302,8 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
             stop = bool(o.max_steps) and step >= o.max_steps
             if log_now or stop:
                 _check_finite(bad_step, ckpt_path)
+                # Each rank's losses cover its share of the batch: log the global mean.
+                stats = D.mean_over_ranks(stats)
                 now = time.perf_counter()
                 record = {"step": step, "epoch": epoch,
                           **{k: round(float(v), 6) for k, v in stats.items()},
