@@ -91,14 +91,14 @@ def build_config(setting: str, arch: str, method: str, smoke: bool) -> Config:
 
 
 def build_variant(setting: str, arch: str, method: str, mode: str, batch: int,
-                  device: torch.device, smoke: bool) -> Variant:
+                  device: torch.device, smoke: bool, backend: str = "inductor") -> Variant:
     cfg = build_config(setting, arch, method, smoke)
     arch = f"{cfg.model.arch}/{cfg.model.patch_size}"
     torch.manual_seed(0)
     model = TeacherStudent(cfg).to(device)
     if mode.endswith("+compile"):
-        model.student.backbone.compile()
-        model.teacher.backbone.compile()
+        model.student.backbone.compile(backend=backend)  # as the trainer (run.compile)
+        model.teacher.backbone.compile(backend=backend)
     optimizer = build_optimizer(model.student, device)
     for group in optimizer.param_groups:
         group["lr"] = 1e-5  # real updates, as in training (lr 0 could take shortcuts)
@@ -315,6 +315,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=None,
                         help="fp32 bf16 fp16, each optionally +compile (default: fp32 bf16 on "
                              "CPU; fp32 bf16 fp16 bf16+compile on CUDA)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for +compile modes ('eager' only traces: "
+                             "a quick check of the code path)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--loader", action="store_true",
                         help="also time the data loader (loader_throughput.py) per setting")
@@ -343,7 +346,8 @@ def main() -> None:
         archs = args.archs if setting == "paper" else ["preset"]
         for arch in archs:
             group = [build_variant(setting, arch, method, mode, args.batch_size, device,
-                                   args.smoke) for method in args.methods for mode in modes]
+                                   args.smoke, args.compile_backend)
+                     for method in args.methods for mode in modes]
             flops = {} if args.no_flops else {
                 m: count_flops(setting, arch, m, args.batch_size, device, args.smoke)
                 for m in args.methods}

@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from test_train import cfg_for, make_images, read_metrics
 
 from selfpatch.data.transforms import GpuMultiCrop
 from selfpatch.train import trainer
 from selfpatch.train.trainer import augment_seed, device_views, multicrop_config, pretrain
+from test_train import cfg_for, make_images, read_metrics
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def test_cli_reports_one_line_errors(tmp_path):
     cases = [
         ([f"data.path={tmp_path / 'missing'}"], "does not exist"),
         ([f"data.path={empty}"], "no image files"),
-        (["data.global_size=60"], "not a multiple of model.patch_size=8"),
+        (["data.global_size=60"], "not a multiple of model.patch_size=16"),
         (["selfpatch.k=9"], "selfpatch.k"),
         (["optim.epochz=3"], "valid keys"),
     ]

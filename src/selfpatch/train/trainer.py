@@ -86,11 +86,11 @@ def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
     """
     root = resolve_data_root(cfg, info)
     dataset = ImageFolderDataset(root)
+    if cfg.data.limit_images:
+        dataset.files = dataset.files[: cfg.data.limit_images]
     report = dataset.scan(verify=True)
     if report.bad and info.is_main:
         print(report.summary())
-    if cfg.data.limit_images:
-        dataset.files = dataset.files[: cfg.data.limit_images]
     d = cfg.data
     if d.gpu_augment:  # workers only decode + resize; the views are made on the device
         transform, collate = GpuMultiCrop(multicrop_config(cfg)).loader_transform(), \
