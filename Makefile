@@ -40,6 +40,7 @@ demo: setup
 	@echo "report: $(RUN)/eval/report.md"
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 

@@ -141,7 +141,8 @@ def test_export_loads_with_plain_timm(images, tmp_path):
     # ... and equals the teacher inside the checkpoint, not the student
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     key = "pos_embed"
-    torch.testing.assert_close(model.state_dict()[key], ckpt["model"][f"teacher.backbone.vit.{key}"])
+    torch.testing.assert_close(model.state_dict()[key],
+                               ckpt["model"][f"teacher.backbone.vit.{key}"])
 
 
 def test_cli_reports_one_line_errors(tmp_path):

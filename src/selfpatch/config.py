@@ -210,12 +210,13 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(target, last, _coerce(value, hint, key))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a.b': 1}`` (the config's dotted keys)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_dict(v, key + "."))
         else:
             out[key] = v
     return out
@@ -247,10 +248,11 @@ def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = 
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise SelfPatchError(f"config file {path} is not valid YAML: {exc}".splitlines()[0])
+            msg = f"config file {path} is not valid YAML: {exc}".splitlines()[0]
+            raise SelfPatchError(msg) from exc
         if not isinstance(data, dict):
             raise SelfPatchError(f"config file {path} must hold a mapping of sections")
-        for key, value in _flatten(data).items():
+        for key, value in flatten_dict(data).items():
             _set(cfg, key, value)
         cfg.preset = cfg.preset or path.stem
     for item in overrides or []:
@@ -265,7 +267,7 @@ def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. from a checkpoint)."""
     cfg = Config()
-    for key, value in _flatten(data).items():
+    for key, value in flatten_dict(data).items():
         _set(cfg, key, value)
     return cfg
 
@@ -307,8 +309,8 @@ def validate(cfg: Config) -> None:
         if cfg.selfpatch.aggregation not in ("attention", "mean"):
             raise bad("selfpatch.aggregation", "must be attention or mean")
         if p:
-            sizes = [cfg.data.global_size] + ([cfg.data.local_size]
-                                              if cfg.data.n_local and cfg.selfpatch.local_crops else [])
+            with_local = cfg.data.n_local and cfg.selfpatch.local_crops
+            sizes = [cfg.data.global_size] + ([cfg.data.local_size] if with_local else [])
             for size in sizes:
                 g = size // p
                 if g < 2:

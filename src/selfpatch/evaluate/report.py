@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from selfpatch.config import flatten_dict
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.attention import evaluate_attention
 from selfpatch.evaluate.davis import evaluate_davis
@@ -89,11 +90,13 @@ def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path
     if task == "davis":
         data = opts.data("davis")
         return evaluate_davis(backbone, data.root, task_dir, opts.split,
-                              opts.propagation(data.builtin, backbone.patch_size), device, opts.batch_size,
+                              opts.propagation(data.builtin, backbone.patch_size), device,
+                              opts.batch_size,
                               opts.sequences, log)
     if task == "seg":
         data = opts.data("seg")
-        return evaluate_seg(backbone, data.root, opts.seg_classes(data), opts.probe(data.builtin, backbone.patch_size),
+        return evaluate_seg(backbone, data.root, opts.seg_classes(data),
+                            opts.probe(data.builtin, backbone.patch_size),
                             device, opts.batch_size, opts.train_limit, opts.val_limit,
                             data.class_names if opts.num_classes in (None, data.num_classes)
                             else None, log)
@@ -106,7 +109,8 @@ def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path
         seg, davis = opts.data("seg"), opts.data("davis")
         return evaluate_attention(backbone, task_dir, seg.root, davis.root,
                                   opts.split, opts.sequence, davis_results, opts.num_images,
-                                  opts.queries, opts.fraction, opts.propagation(davis.builtin, backbone.patch_size),
+                                  opts.queries, opts.fraction,
+                                  opts.propagation(davis.builtin, backbone.patch_size),
                                   device, opts.batch_size, log)
     raise SelfPatchError(f"unknown evaluation {task!r}; choose one of {', '.join(TASKS)}")
 
@@ -214,17 +218,6 @@ def _fmt(value) -> str:
     return f"{value:.1f}"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 #: Training-config keys always shown in the report's config table (when present).
 CONFIG_KEYS = ("method", "model.arch", "model.patch_size", "selfpatch.neighbourhood",
                "selfpatch.border", "selfpatch.k", "selfpatch.aggregation",
@@ -237,7 +230,7 @@ def config_table(entries: list[dict]) -> list[str]:
     :data:`CONFIG_KEYS`, and every other key whose value differs between checkpoints (the
     full configs are in report.json)."""
     configs = [{"step": e["description"].get("step"), "epoch": e["description"].get("epoch"),
-                **_flatten(e["description"].get("config") or {})} for e in entries]
+                **flatten_dict(e["description"].get("config") or {})} for e in entries]
     if not any(v is not None for c in configs for v in c.values()):
         return ["No training config (random or exported weights)."]
     keys = ["step", "epoch"] + [k for k in CONFIG_KEYS if any(k in c for c in configs)]

@@ -29,7 +29,8 @@ def match_positives(tokens: torch.Tensor, table: NeighbourTable, k: int
     """
     b, n, _ = tokens.shape
     if table.index.shape[0] != n:
-        raise SelfPatchError(f"neighbour table is for {table.index.shape[0]} patches, tokens have {n}")
+        raise SelfPatchError(
+            f"neighbour table is for {table.index.shape[0]} patches, tokens have {n}")
     if not 1 <= k <= table.size:
         raise SelfPatchError(
             f"selfpatch.k={k} must be between 1 and the neighbourhood size {table.size}; "

@@ -48,7 +48,8 @@ def _offsets(radius: int) -> list[tuple[int, int]]:
             if (dy, dx) != (0, 0)]
 
 
-def build_neighbour_table(h: int, w: int, kind: str = "3x3", border: str = "valid") -> NeighbourTable:
+def build_neighbour_table(h: int, w: int, kind: str = "3x3",
+                          border: str = "valid") -> NeighbourTable:
     """Build the table for an ``h x w`` grid (CPU tensors).
 
     Args:

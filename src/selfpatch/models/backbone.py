@@ -111,7 +111,7 @@ class ViTBackbone(nn.Module):
         return height // p, width // p
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Return ``(cls, patches)``: ``(B, D)`` or ``None``, and ``(B, N, D)`` after the final norm."""
+        """``(cls, patches)``: ``(B, D)`` or ``None``, and ``(B, N, D)`` after the final norm."""
         self.grid_shape(images.shape[-2], images.shape[-1])
         features = self.__dict__.get("_compiled_features") or self.vit.forward_features
         tokens = features(images)

@@ -83,7 +83,8 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # tensorboard is optional
                 raise SelfPatchError(
-                    f"run.tensorboard=true needs the tensorboard package: pip install tensorboard ({exc})"
+                    "run.tensorboard=true needs the tensorboard package: "
+                    f"pip install tensorboard ({exc})"
                 ) from exc
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
