@@ -13,20 +13,9 @@ import torch
 from selfpatch.data.transforms import GpuMultiCrop
 from selfpatch.train import trainer
 from selfpatch.train.trainer import augment_seed, device_views, multicrop_config, pretrain
-from test_train import cfg_for, make_images, read_metrics
+from test_train import cfg_for, read_metrics
 
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("data") / "imgs", n=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_steps_through_the_device_path(images, tmp_path, monkeypatch):

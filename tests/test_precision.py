@@ -14,21 +14,9 @@ import torch
 
 from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.train.trainer import AMP_DTYPES, pretrain
-from test_train import cfg_for, make_images, read_metrics
+from test_train import cfg_for, read_metrics
 
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("data") / "imgs", n=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Deterministic and quick on a shared 2-core box (OpenMP threads stall under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ckpt(run):
