@@ -23,15 +23,7 @@ from selfpatch.models.loading import load_backbone
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_data import make_davis, make_seg  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine two torch threads
-    competing with other jobs run ~10x slower; restore the setting for other modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_top_fraction_uses_head_mean_and_patch_block():
