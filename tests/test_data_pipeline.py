@@ -358,3 +358,34 @@ def test_gpu_loader_path_through_dataloader(tmp_path):
     views = gpu(batches[0][0], batches[0][1])
     assert views[0].shape == (5, 3, 64, 64)
     assert isinstance(gpu.loader_transform(), PrepareForGpu)
+
+
+@pytest.mark.parametrize("device_side", [False, True])
+def test_colour_settings_are_honoured(device_side):
+    """grayscale_p=1 makes every view grey; jitter and grayscale off keep a flat colour exact
+    (only global 2's solarize, p=0.2, may invert the channel above 128)."""
+    red = Image.new("RGB", (40, 40), (200, 30, 30))
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def views(**colour) -> list[torch.Tensor]:
+        cfg = MultiCropConfig(global_size=32, local_size=16, n_local=2, **colour)
+        torch.manual_seed(0)
+        if not device_side:
+            out = [MultiCropTransform(cfg)(red) for _ in range(8)]
+            return [v * std + mean for sample in out for v in sample]
+        gpu = GpuMultiCrop(cfg)
+        prepared = [gpu.loader_transform()(red) for _ in range(8)]
+        images, sizes, _ = gpu_multicrop_collate([(p, True) for p in prepared])
+        return [v * std + mean for batch in gpu(images, sizes) for v in batch]
+
+    for v in views(grayscale_p=1.0):
+        assert torch.allclose(v[0], v[1], atol=2e-3) and torch.allclose(v[1], v[2], atol=2e-3)
+    for v in views(color_jitter_p=0.0, grayscale_p=0.0):
+        assert torch.allclose(v[1:], torch.full_like(v[1:], 30 / 255), atol=3e-3)
+        r = v[0].mean().item()
+        assert min(abs(r - 200 / 255), abs(r - 55 / 255)) < 3e-3, r
+    with pytest.raises(SelfPatchError, match="color_jitter"):
+        MultiCropConfig(color_jitter=(0.4, 0.4, 0.2, 0.7))
+    with pytest.raises(SelfPatchError, match="grayscale_p"):
+        MultiCropConfig(grayscale_p=1.5)

@@ -78,7 +78,7 @@ def test_short_run_learns_and_writes_run_dir(images, tmp_path):
     from selfpatch.methods.teacher_student import TeacherStudent
 
     cfg = cfg_for(images, tmp_path / "run", "optim.epochs=8", "model.drop_path=0",
-                  "optim.base_lr=0.05")
+                  "optim.base_lr=0.05", "run.keep_every=3")
     run = pretrain(cfg)
     rows = read_metrics(run)
     assert len(rows) == 32  # 32 images / batch 8 = 4 steps x 8 epochs
@@ -87,6 +87,12 @@ def test_short_run_learns_and_writes_run_dir(images, tmp_path):
                 "teacher_patch_entropy", "valid_neighbour_share", "patch_token_rank"):
         assert key in rows[-1]
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    # kept snapshots after epochs 3 and 6 (4 steps each), loadable as evaluation sources
+    snapshots = sorted(p.name for p in (run / "checkpoints").glob("epoch*.pt"))
+    assert snapshots == ["epoch0003.pt", "epoch0006.pt"]
+    snap = torch.load(run / "checkpoints" / "epoch0006.pt", weights_only=True)
+    assert snap["step"] == 24
+    load_backbone(run / "checkpoints" / "epoch0006.pt")
     env = json.loads((run / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
 
@@ -163,6 +169,25 @@ def test_cli_reports_one_line_errors(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_run_intervals_are_validated():
+    for args, key in ((["run.keep_every=-1"], "run.keep_every"), (["run.log_every=0"],
+                      "run.log_every"), (["run.save_every=0"], "run.save_every")):
+        with pytest.raises(SelfPatchError, match=key):
+            load_config("cpu-quick", args)
+    assert load_config("cpu-long").run.keep_every == 2
+
+
+def test_every_shipped_preset_validates():
+    from selfpatch.config import preset_names
+
+    names = preset_names()
+    assert {"cpu-quick", "cpu-long", "builtin-gpu", "coco-ablation-vit-ti16",
+            "paper-imagenet-vit-s16"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.preset == name and cfg.optim.epochs >= 1
 
 
 def test_unreadable_images(tmp_path):

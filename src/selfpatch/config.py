@@ -79,6 +79,11 @@ class DataConfig:
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
     limit_images: int = 0  # use only the first N images (0 = all)
+    # DINO's colour augmentation; presets for the built-in data make it stronger (why: there
+    # tints are random, so colour identifies an image but says nothing about its objects).
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
     # Loader only decodes + resizes; crops and colour run batched on the training device
     # (data.transforms.GpuMultiCrop), seeded per (run.seed, step, rank).
     gpu_augment: bool = False
@@ -112,6 +117,7 @@ class RunConfig:
     log_every: int = 10  # steps between metric lines (and the only host syncs)
     save_every: int = 1  # epochs between `last` checkpoints
     save_every_steps: int = 0  # also save every N steps (0 = off)
+    keep_every: int = 0  # epochs between kept snapshots checkpoints/epochNNNN.pt (0 = off)
     tensorboard: bool = False
     deterministic: bool = False
     progress: bool = True
@@ -293,10 +299,19 @@ def validate(cfg: Config) -> None:
             raise bad(key, f"({lo}, {hi}) must satisfy 0 < min <= max <= 1")
     if cfg.data.n_local < 0:
         raise bad("data.n_local", "must be >= 0")
+    from selfpatch.train.trainer import multicrop_config
+
+    multicrop_config(cfg)  # crop sizes, scales and colour settings: one-line errors
     if cfg.optim.batch_size < 1:
         raise bad("optim.batch_size", "must be >= 1")
     if cfg.optim.epochs < 1:
         raise bad("optim.epochs", "must be >= 1")
+    for key in ("log_every", "save_every"):
+        if getattr(cfg.run, key) < 1:
+            raise bad(f"run.{key}", "must be >= 1")
+    for key in ("save_every_steps", "keep_every"):
+        if getattr(cfg.run, key) < 0:
+            raise bad(f"run.{key}", "must be >= 0 (0 = off)")
     if cfg.run.precision not in ("fp32", "bf16", "fp16"):
         raise bad("run.precision", f"{cfg.run.precision!r} is not one of fp32, bf16, fp16")
     if cfg.dino.center_views not in ("global", "all"):

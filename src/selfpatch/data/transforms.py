@@ -16,7 +16,8 @@ The augmentations are DINO's ``DataAugmentationDINO`` (Caron et al. 2021):
 view                    operations, in order
 ======================  =========================================================
 global 1                RandomResizedCrop(G, global_scale, bicubic), flip p=0.5,
-                        ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2,
+                        ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2
+                        (``color_jitter``, ``color_jitter_p``, ``grayscale_p``),
                         Gaussian blur (sigma 0.1-2.0) p=1.0
 global 2                as global 1 but blur p=0.1, then solarize(128) p=0.2
 local (x n_local)       RandomResizedCrop(L, local_scale, bicubic), flip, colour
@@ -87,8 +88,23 @@ class MultiCropConfig:
     local_scale: tuple[float, float] = (0.05, 0.25)
     n_local: int = 8
     blur_kernel: int | None = None
+    color_jitter: tuple[float, float, float, float] = JITTER  # brightness, contrast, sat., hue
+    color_jitter_p: float = JITTER_P
+    grayscale_p: float = GRAYSCALE_P
 
     def __post_init__(self) -> None:
+        jitter = tuple(float(v) for v in self.color_jitter)
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise SelfPatchError(
+                "data.color_jitter must be [brightness, contrast, saturation, hue], each >= 0 "
+                f"and hue <= 0.5, got {self.color_jitter!r}")
+        object.__setattr__(self, "color_jitter", jitter)
+        for name in ("color_jitter_p", "grayscale_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0.0 <= value <= 1.0:
+                raise SelfPatchError(f"data.{name} must be a probability in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("global_size", "local_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -216,8 +232,9 @@ class MultiCropTransform:
                 size, scale=scale, ratio=CROP_RATIO, interpolation=v2.InterpolationMode.BICUBIC
             ),
             v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomApply([v2.ColorJitter(*JITTER)], p=JITTER_P),
-            v2.RandomGrayscale(p=GRAYSCALE_P),
+            v2.RandomApply([v2.ColorJitter(*self.config.color_jitter)],
+                           p=self.config.color_jitter_p),
+            v2.RandomGrayscale(p=self.config.grayscale_p),
             v2.ToImage(),  # uint8 tensor from here on
             RandomGaussianBlur(self.config.kernel_for(size), BLUR_SIGMA, p=blur_p),
         ]
@@ -476,18 +493,17 @@ class GpuMultiCrop:
         flip = torch.rand(source.shape[0], device=source.device) < 0.5
         return crop_resize(source, sizes, boxes, flip, size)
 
-    @staticmethod
-    def _colour(x: Tensor) -> Tensor:
-        """ColorJitter (p=0.8, random order per sample) then grayscale (p=0.2), in float."""
+    def _colour(self, x: Tensor) -> Tensor:
+        """ColorJitter (p=0.8 by default, random order per sample) then grayscale (p=0.2)."""
         n, device = x.shape[0], x.device
-        bright, contrast, saturation, hue = JITTER
+        bright, contrast, saturation, hue = self.config.color_jitter
         factors = torch.stack([
             torch.empty(n, device=device).uniform_(1 - bright, 1 + bright),
             torch.empty(n, device=device).uniform_(1 - contrast, 1 + contrast),
             torch.empty(n, device=device).uniform_(1 - saturation, 1 + saturation),
             torch.empty(n, device=device).uniform_(-hue, hue),
         ])
-        jitter = torch.rand(n, device=device) < JITTER_P
+        jitter = torch.rand(n, device=device) < self.config.color_jitter_p
         order = torch.rand(n, 4, device=device).argsort(dim=1)  # a random permutation each
         for step in range(4):
             for op in range(4):
@@ -495,5 +511,5 @@ class GpuMultiCrop:
                 idx = (jitter & (order[:, step] == op)).nonzero()[:, 0]
                 if idx.numel():
                     x[idx] = _jitter_op(x[idx], op, factors[op, idx])
-        gray = (torch.rand(n, device=device) < GRAYSCALE_P)[:, None, None, None]
+        gray = (torch.rand(n, device=device) < self.config.grayscale_p)[:, None, None, None]
         return torch.where(gray, _grayscale(x).expand_as(x), x)

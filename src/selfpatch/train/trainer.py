@@ -73,7 +73,8 @@ def multicrop_config(cfg: Config) -> MultiCropConfig:
     d = cfg.data
     return MultiCropConfig(global_size=d.global_size, global_scale=tuple(d.global_scale),
                            local_size=d.local_size, local_scale=tuple(d.local_scale),
-                           n_local=d.n_local)
+                           n_local=d.n_local, color_jitter=tuple(d.color_jitter),
+                           color_jitter_p=d.color_jitter_p, grayscale_p=d.grayscale_p)
 
 
 def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
@@ -329,6 +330,12 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         if (epoch + 1) % cfg.run.save_every == 0 or epoch + 1 == o.epochs:
             _check_finite(bad_step, ckpt_path)
             save_checkpoint(ckpt_path, cfg, model, optimizer, scaler, step, epoch, info)
+        if cfg.run.keep_every and (epoch + 1) % cfg.run.keep_every == 0:
+            # A snapshot that later epochs never overwrite (for learning curves), as DINO's
+            # checkpointNNNN.pth.
+            _check_finite(bad_step, ckpt_path)
+            save_checkpoint(ckpt_path.with_name(f"epoch{epoch + 1:04d}.pt"), cfg, model,
+                            optimizer, scaler, step, epoch, info)
     if stop:
         _check_finite(bad_step, ckpt_path)
         save_checkpoint(ckpt_path, cfg, model, optimizer, scaler, step, epoch, info)
