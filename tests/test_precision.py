@@ -62,7 +62,7 @@ def test_autocast_reaches_the_backbone_and_keeps_losses_float32(images, tmp_path
         loss, stats = model(views, 0.04)
     handle.remove()
     assert seen and all(d == AMP_DTYPES[precision] for d in seen)
-    assert loss.dtype == torch.float32 and math.isfinite(float(loss))
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
     loss.backward()
     grads = [p.grad for p in model.student.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads)  # master weights stay fp32
