@@ -79,8 +79,8 @@ class DataConfig:
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
     limit_images: int = 0  # use only the first N images (0 = all)
-    # DINO's colour augmentation; presets for the built-in data make it stronger (why: there
-    # tints are random, so colour identifies an image but says nothing about its objects).
+    # DINO's colour augmentation by default; stronger settings suit data where colour
+    # identifies an image but not its objects (tried on the built-in data: docs/results.md).
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2

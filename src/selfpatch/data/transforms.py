@@ -497,10 +497,11 @@ class GpuMultiCrop:
         """ColorJitter (p=0.8 by default, random order per sample) then grayscale (p=0.2)."""
         n, device = x.shape[0], x.device
         bright, contrast, saturation, hue = self.config.color_jitter
+        # Factors as ColorJitter draws them (never below 0).
         factors = torch.stack([
-            torch.empty(n, device=device).uniform_(1 - bright, 1 + bright),
-            torch.empty(n, device=device).uniform_(1 - contrast, 1 + contrast),
-            torch.empty(n, device=device).uniform_(1 - saturation, 1 + saturation),
+            torch.empty(n, device=device).uniform_(max(0.0, 1 - bright), 1 + bright),
+            torch.empty(n, device=device).uniform_(max(0.0, 1 - contrast), 1 + contrast),
+            torch.empty(n, device=device).uniform_(max(0.0, 1 - saturation), 1 + saturation),
             torch.empty(n, device=device).uniform_(-hue, hue),
         ])
         jitter = torch.rand(n, device=device) < self.config.color_jitter_p
