@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -34,7 +31,7 @@ from selfpatch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from selfpatch.evaluate.features import read_rgb
 from selfpatch.evaluate.knn import list_image_folder
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
-from selfpatch.models.export import EXPORT_META_KWARGS, EXPORT_META_NAME
+from selfpatch.models.export import write_backbone
 
 
 class Labelled(Dataset):
@@ -96,15 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(log[-1]), flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "supervised.safetensors"
-    state = {k: v.contiguous() for k, v in backbone.vit.state_dict().items()}
-    meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
-            "selfpatch.source": "benchmarks/supervised_control.py (labels used)"}
-    fd, tmp = tempfile.mkstemp(prefix=".supervised.", dir=args.out)
-    os.close(fd)
-    save_file(state, tmp, metadata=meta)
-    os.replace(tmp, out)
+    out = write_backbone(backbone.vit.state_dict(), spec, args.out / "supervised.safetensors",
+                         {"selfpatch.source": "benchmarks/supervised_control.py (labels used)"})
     (args.out / "training.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "images": len(paths),
          "classes": classes, "log": log, "torch": torch.__version__}, indent=2))

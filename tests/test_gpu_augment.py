@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from selfpatch.data.transforms import GpuMultiCrop
+from selfpatch.data.transforms import GpuMultiCrop, multicrop_config
 from selfpatch.train import trainer
-from selfpatch.train.trainer import augment_seed, device_views, multicrop_config, pretrain
+from selfpatch.train.trainer import augment_seed, device_views, pretrain
 from test_train import cfg_for, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +41,7 @@ def test_two_steps_through_the_device_path(images, tmp_path, monkeypatch):
 
 def test_device_views_are_seeded_and_leave_the_global_rng_alone(images, tmp_path):
     cfg = cfg_for(images, tmp_path / "r")
-    augment = GpuMultiCrop(multicrop_config(cfg))
+    augment = GpuMultiCrop(multicrop_config(cfg.data))
     batch = torch.randint(0, 256, (4, 3, 37, 37), dtype=torch.uint8)
     sizes = torch.tensor([[40, 40]] * 4)
     torch.manual_seed(0)

@@ -299,9 +299,9 @@ def validate(cfg: Config) -> None:
             raise bad(key, f"({lo}, {hi}) must satisfy 0 < min <= max <= 1")
     if cfg.data.n_local < 0:
         raise bad("data.n_local", "must be >= 0")
-    from selfpatch.train.trainer import multicrop_config
+    from selfpatch.data.transforms import multicrop_config
 
-    multicrop_config(cfg)  # crop sizes, scales and colour settings: one-line errors
+    multicrop_config(cfg.data)  # crop sizes, scales and colour settings: one-line errors
     if cfg.optim.batch_size < 1:
         raise bad("optim.batch_size", "must be >= 1")
     if cfg.optim.epochs < 1:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
@@ -205,6 +206,15 @@ class RandomGaussianBlur(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}, p={self.p}"
+
+
+def multicrop_config(data: Any) -> MultiCropConfig:
+    """The :class:`MultiCropConfig` of a ``DataConfig`` (``cfg.data``); one-line errors."""
+    return MultiCropConfig(
+        global_size=data.global_size, global_scale=tuple(data.global_scale),
+        local_size=data.local_size, local_scale=tuple(data.local_scale), n_local=data.n_local,
+        color_jitter=tuple(data.color_jitter), color_jitter_p=data.color_jitter_p,
+        grayscale_p=data.grayscale_p)
 
 
 class MultiCropTransform:

@@ -33,22 +33,30 @@ def export_backbone(source: str | Path, out: str | Path | None = None,
     ckpt_path = resolve_checkpoint_path(source)
     ckpt = load_training_checkpoint(ckpt_path)
     spec = BackboneSpec.from_dict(ckpt["backbone_spec"])
-    state = {k: v.contiguous() for k, v in backbone_state_from_checkpoint(ckpt, which).items()}
+    state = backbone_state_from_checkpoint(ckpt, which)
     if out is None:
         out = ckpt_path.parent.parent / f"{which}_backbone.safetensors"
+    meta = {"selfpatch.step": str(ckpt.get("step")), "selfpatch.source": str(ckpt_path)}
+    return write_backbone(state, spec, out, meta), spec
+
+
+def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
+                   extra_meta: dict[str, str] | None = None) -> Path:
+    """Write a timm ViT state dict to ``out`` (safetensors, atomically) with the metadata
+    :func:`~selfpatch.models.loading.load_backbone` and plain timm need to rebuild it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
-            "selfpatch.step": str(ckpt.get("step")), "selfpatch.source": str(ckpt_path)}
+            **(extra_meta or {})}
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out, spec
+    return out
 
 
 def timm_load_snippet(path: Path, spec: BackboneSpec) -> str:

@@ -25,9 +25,9 @@ from selfpatch.data.folder import ImageFolderDataset
 from selfpatch.data.seeded import SeededViews, collate_views, sample_seed
 from selfpatch.data.transforms import (
     GpuMultiCrop,
-    MultiCropConfig,
     MultiCropTransform,
     gpu_multicrop_collate,
+    multicrop_config,
 )
 from selfpatch.errors import SelfPatchError
 from selfpatch.methods.teacher_student import TeacherStudent
@@ -69,14 +69,6 @@ def resolve_data_root(cfg: Config, info: D.DistInfo) -> Path:
     return root
 
 
-def multicrop_config(cfg: Config) -> MultiCropConfig:
-    d = cfg.data
-    return MultiCropConfig(global_size=d.global_size, global_scale=tuple(d.global_scale),
-                           local_size=d.local_size, local_scale=tuple(d.local_scale),
-                           n_local=d.n_local, color_jitter=tuple(d.color_jitter),
-                           color_jitter_p=d.color_jitter_p, grayscale_p=d.grayscale_p)
-
-
 def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
                  ) -> tuple[DataLoader, EpochSampler, ImageFolderDataset]:
     """Multi-crop DataLoader over the image folder, with a seeded, resumable sampler.
@@ -94,10 +86,10 @@ def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
         print(report.summary())
     d = cfg.data
     if d.gpu_augment:  # workers only decode + resize; the views are made on the device
-        transform, collate = GpuMultiCrop(multicrop_config(cfg)).loader_transform(), \
+        transform, collate = GpuMultiCrop(multicrop_config(cfg.data)).loader_transform(), \
             gpu_multicrop_collate
     else:
-        transform, collate = MultiCropTransform(multicrop_config(cfg)), collate_views
+        transform, collate = MultiCropTransform(multicrop_config(cfg.data)), collate_views
     sampler = EpochSampler(len(dataset), cfg.optim.batch_size, cfg.run.seed, info.rank,
                            info.world_size)
     if sampler.batches_per_epoch == 0:
@@ -254,7 +246,7 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
 
-    gpu_augment = GpuMultiCrop(multicrop_config(cfg)) if cfg.data.gpu_augment else None
+    gpu_augment = GpuMultiCrop(multicrop_config(cfg.data)) if cfg.data.gpu_augment else None
     amp = (torch.autocast(device.type, dtype=AMP_DTYPES[cfg.run.precision])
            if cfg.run.precision in AMP_DTYPES else contextlib.nullcontext())
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
