@@ -21,7 +21,7 @@ from test_eval_data import make_davis, make_knn, make_seg  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-FAST = ["--device", "cpu", "--short-side", "0", "--seg-image-size", "32",
+FAST = ["--device", "cpu", "--threads", "1", "--short-side", "0", "--seg-image-size", "32",
         "--knn-image-size", "32", "--seg-epochs", "2", "--num-images", "2"]
 
 

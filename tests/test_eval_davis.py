@@ -153,3 +153,17 @@ def test_palette_png_roundtrip(tmp_path):
     write_palette_png(tmp_path / "a.png", lab)
     img = Image.open(tmp_path / "a.png")
     assert img.mode == "P" and np.array_equal(np.asarray(img), lab)
+
+
+def test_soft_to_labels_picks_the_first_of_tied_channels_and_matches_a_plain_argmax():
+    # Channels 1 and 2 identical: after min-max normalisation they tie everywhere; the first
+    # wins, as torch.argmax / np.argmax define it.
+    gen = torch.Generator().manual_seed(0)
+    soft = torch.rand(4, 6, 5, generator=gen)
+    soft[2] = soft[1]
+    ids = soft_to_labels(soft, 4, (24, 20))
+    up = torch.nn.functional.interpolate(soft[None], scale_factor=4, mode="bilinear",
+                                         align_corners=False)[0].numpy()
+    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    expected = np.argmax((up - lo) / (hi - lo), axis=0)
+    assert np.array_equal(ids, expected) and not (ids == 2).any()

@@ -11,8 +11,8 @@ from selfpatch.evaluate.jf import (
     DavisScores,
     boundary_f_measure,
     boundary_map,
+    boundary_matches,
     boundary_pixels,
-    dilate_disk,
     disk,
     region_similarity,
     sequence_scores,
@@ -47,17 +47,47 @@ def test_tolerance_radius():
     assert boundary_pixels(40, 40, bound_th=3) == 3
 
 
-def test_disk_and_dilation():
+def test_disk_and_boundary_matches_by_hand():
     assert disk(1).sum() == 5 and disk(2).sum() == 13
-    m = np.zeros((9, 9), bool)
-    m[4, 4] = True
-    for r in (1, 2, 3):
-        assert np.array_equal(dilate_disk(m, r)[4 - r : 5 + r, 4 - r : 5 + r], disk(r))
-        assert dilate_disk(m, r).sum() == disk(r).sum()
-    # Near the border nothing wraps around.
-    e = np.zeros((6, 6), bool)
-    e[0, 0] = True
-    assert dilate_disk(e, 2).sum() == 6  # the quarter-disk: (0,0..2), (1,0..1), (2,0)
+    # One dst pixel at (4, 4): a src pixel is matched exactly when dy^2 + dx^2 <= r^2.
+    dst = np.zeros((9, 9), bool)
+    dst[4, 4] = True
+    for r in (0, 1, 2, 3):
+        for y in range(9):
+            for x in range(9):
+                src = np.zeros((9, 9), bool)
+                src[y, x] = True
+                near = (y - 4) ** 2 + (x - 4) ** 2 <= r * r
+                assert boundary_matches(src, dst, r) == int(near), (r, y, x)
+    # Counts per mask, nothing wraps around a border or leaks into the next mask: the src
+    # pixels sit in the corners, the dst pixels at the opposite corners of the other masks.
+    src = np.zeros((3, 6, 6), bool)
+    dst = np.zeros((3, 6, 6), bool)
+    src[:, 0, 0] = src[:, 5, 5] = True
+    dst[0, 0, 2] = True  # 2 px from (0, 0): matched at r=2, not at r=1
+    dst[1, 5, 5] = True  # on (5, 5)
+    dst[2, 0, 5] = dst[2, 5, 0] = True  # 5 px from both corners
+    assert boundary_matches(src, dst, 1).tolist() == [0, 1, 0]
+    assert boundary_matches(src, dst, 2).tolist() == [1, 1, 0]
+    assert boundary_matches(src, dst, 5).tolist() == [1, 1, 2]
+
+
+def test_boundary_matches_equals_counting_through_a_brute_force_dilation():
+    rng = np.random.default_rng(3)
+    for radius, shape in ((1, (12, 17)), (3, (20, 23)), (8, (40, 31))):
+        src = rng.random((4, *shape)) > 0.9
+        dst = rng.random((4, *shape)) > 0.97
+        h, w = shape
+        expected = []
+        for s_m, d_m in zip(src, dst):
+            dil = np.zeros_like(d_m)  # brute force: every dst pixel paints its whole disk
+            for y, x in zip(*np.nonzero(d_m)):
+                for yy in range(max(0, y - radius), min(h, y + radius + 1)):
+                    for xx in range(max(0, x - radius), min(w, x + radius + 1)):
+                        if (yy - y) ** 2 + (xx - x) ** 2 <= radius * radius:
+                            dil[yy, xx] = True
+            expected.append(int((s_m & dil).sum()))
+        assert boundary_matches(src, dst, radius).tolist() == expected
 
 
 def test_f_shifted_squares_by_hand():
@@ -135,18 +165,32 @@ def test_csv_files_like_the_official_toolkit(tmp_path):
     assert s.read_text().splitlines()[1] == "bike_1,0.833,0.667"
 
 
-def test_dilation_matches_opencv_with_skimage_disk():
+def test_f_measure_matches_the_toolkit_method_with_opencv():
     """The official toolkit dilates with cv2.dilate and skimage's disk; where both libraries
-    are installed (not required by selfpatch), our exact row-max-pool dilation must agree."""
+    are installed (the dev extra; selfpatch does not need them), F must agree exactly."""
     cv2 = pytest.importorskip("cv2")
     sk_disk = pytest.importorskip("skimage.morphology").disk
     rng = np.random.default_rng(0)
     for radius, shape in ((1, (40, 40)), (2, (128, 128)), (8, (120, 213))):
         masks = rng.random((3, *shape)) > 0.995
-        ours = dilate_disk(masks, radius)
-        for m, o in zip(masks, ours):
-            ref = cv2.dilate(m.astype(np.uint8), sk_disk(radius).astype(np.uint8)) > 0
-            assert np.array_equal(o, ref)
+        others = rng.random((3, *shape)) > 0.99
+        counts = boundary_matches(masks, others, radius)
+        for m, o, c in zip(masks, others, counts):
+            dil = cv2.dilate(o.astype(np.uint8), sk_disk(radius).astype(np.uint8)) > 0
+            assert c == (m & dil).sum()
+    # Whole F on blob-like masks at DAVIS's 480p tolerance (bound_pix = 8).
+    yy, xx = np.mgrid[:480, :854]
+    gt = np.stack([(yy - 240) ** 2 / 90**2 + (xx - 400 - 7 * t) ** 2 / 140**2 <= 1
+                   for t in range(4)])
+    pred = np.stack([(yy - 246) ** 2 / 85**2 + (xx - 395 - 9 * t) ** 2 / 150**2 <= 1
+                     for t in range(4)])
+    pred[2, 100:130, 600:700] = True  # a false blob far from the object
+    for g, p, f in zip(gt, pred, boundary_f_measure(gt, pred)):
+        kernel = sk_disk(8).astype(np.uint8)
+        g_b, p_b = boundary_map(g), boundary_map(p)
+        precision = (p_b & (cv2.dilate(g_b.astype(np.uint8), kernel) > 0)).sum() / p_b.sum()
+        recall = (g_b & (cv2.dilate(p_b.astype(np.uint8), kernel) > 0)).sum() / g_b.sum()
+        assert f == pytest.approx(2 * precision * recall / (precision + recall), abs=1e-12)
 
 
 def test_boundary_map_matches_the_pixel_definition():

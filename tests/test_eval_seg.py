@@ -23,6 +23,7 @@ from selfpatch.evaluate.seg import (
     load_split,
     segmentation_metrics,
     train_probe,
+    upsampled_logits_at,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -128,3 +129,33 @@ def test_label_out_of_range_during_evaluation(tmp_path):
     root = make_seg(tmp_path / "ade", num_train=2, num_val=2, num_classes=3)
     with pytest.raises(SelfPatchError, match=r"img_0000\.png.*value 3"):
         evaluate_seg(ColourBackbone(), root, 2, ProbeSettings(epochs=1), log=None)
+
+
+@pytest.mark.parametrize("grid,size", [((12, 12), (192, 192)), ((7, 9), (50, 61)),
+                                       ((6, 6), (6, 6)), ((24, 20), (16, 15)), ((1, 3), (8, 9))])
+def test_upsampled_logits_at_equals_interpolate_at_those_pixels(grid, size):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, *grid, generator=gen)
+    where = torch.nonzero(torch.rand(3, *size, generator=gen) > 0.7, as_tuple=True)
+    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    ours = upsampled_logits_at(logits, size, where)
+    assert ours.shape == (where[0].numel(), 4)
+    assert torch.allclose(ours, full.permute(0, 2, 3, 1)[where], atol=1e-5)
+
+
+def test_probe_loss_and_gradient_equal_the_full_ignore_index_cross_entropy():
+    """Training only on labelled pixels is the same objective as upsampling everything and
+    letting cross_entropy ignore label 255 (values and gradients)."""
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (2, 40, 36), generator=gen)
+    labels[torch.rand(2, 40, 36, generator=gen) > 0.3] = IGNORE_INDEX
+    base = torch.randn(2, 5, 5, 6, generator=gen)
+    a, b = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    full = F.interpolate(a, size=(40, 36), mode="bilinear", align_corners=False)
+    ref = F.cross_entropy(full, labels, ignore_index=IGNORE_INDEX)
+    where = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
+    ours = F.cross_entropy(upsampled_logits_at(b, (40, 36), where), labels[where])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    ref.backward()
+    ours.backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -13,10 +13,16 @@ import pytest
 import torch
 
 from selfpatch.methods.teacher_student import TeacherStudent
-from selfpatch.train.trainer import AMP_DTYPES, pretrain
+from selfpatch.runtime import AMP_DTYPES
+from selfpatch.train.trainer import pretrain
 from test_train import cfg_for, read_metrics
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # Explicit bf16/fp16 on a CPU without a fast path warns (tests/test_runtime.py checks it).
+    pytest.mark.filterwarnings("ignore:run.precision=bf16 on a CPU without native bf16"),
+    pytest.mark.filterwarnings("ignore:precision fp16 on a CPU has no fast path"),
+]
 
 
 def _ckpt(run):

@@ -24,7 +24,7 @@ TINY = [
     "model.arch=vit_tiny", "model.patch_size=8", "data.global_size=32", "data.local_size=16",
     "data.n_local=2", "data.num_workers=0", "dino.out_dim=128", "dino.hidden_dim=64",
     "dino.bottleneck_dim=32", "selfpatch.out_dim=64", "optim.batch_size=8",
-    "optim.warmup_epochs=1", "run.progress=false", "run.log_every=1",
+    "optim.warmup_epochs=1", "run.progress=false", "run.log_every=1", "run.threads=1",
 ]
 
 
@@ -188,6 +188,25 @@ def test_every_shipped_preset_validates():
     for name in names:
         cfg = load_config(name)
         assert cfg.preset == name and cfg.optim.epochs >= 1
+
+
+def test_a_preset_can_start_from_a_base(tmp_path):
+    demo, quick = load_config("cpu-demo"), load_config("cpu-quick")
+    assert (demo.optim.batch_size, demo.optim.epochs, demo.data.limit_images) == (16, 2, 1024)
+    differ = {k for k, v in demo.to_dict().items() if v != quick.to_dict()[k]}
+    assert differ == {"preset", "data", "optim", "run"}  # the rest is cpu-quick's
+    assert demo.model == quick.model and demo.dino == quick.dino
+    # A file next to another file, overriding one key of it; then a cycle.
+    (tmp_path / "a.yaml").write_text("base: cpu-quick\noptim: {epochs: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim: {batch_size: 4}\n")
+    b = load_config(str(tmp_path / "b.yaml"))
+    assert (b.optim.epochs, b.optim.batch_size, b.optim.base_lr) == (7, 4, quick.optim.base_lr)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(SelfPatchError, match="includes itself"):
+        load_config(str(tmp_path / "b.yaml"))
+    (tmp_path / "c.yaml").write_text("base: no-such-preset\n")
+    with pytest.raises(SelfPatchError, match="unknown preset 'no-such-preset'"):
+        load_config(str(tmp_path / "c.yaml"))
 
 
 def test_unreadable_images(tmp_path):

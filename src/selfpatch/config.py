@@ -16,6 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from selfpatch.errors import SelfPatchError
+from selfpatch.runtime import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 METHODS = ("dino", "dino+selfpatch")
@@ -112,7 +113,10 @@ class RunConfig:
     name: str = "{preset}-{method}"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    # auto: bf16 on GPUs that have it (else fp16), on CPUs only where bf16 is native and
+    # measured faster than fp32 (selfpatch.runtime); fp32 | bf16 | fp16 force one.
+    precision: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = one per usable core (selfpatch.runtime)
     compile: bool = False
     log_every: int = 10  # steps between metric lines (and the only host syncs)
     save_every: int = 1  # epochs between `last` checkpoints
@@ -246,19 +250,40 @@ def _preset_path(preset: str) -> Path:
     return path
 
 
+def _preset_values(preset: str, chain: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """Flat ``{key: value}`` of a preset file, after the values of its ``base:`` preset."""
+    path = _preset_path(preset)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        msg = f"config file {path} is not valid YAML: {exc}".splitlines()[0]
+        raise SelfPatchError(msg) from exc
+    if not isinstance(data, dict):
+        raise SelfPatchError(f"config file {path} must hold a mapping of sections")
+    values: dict[str, Any] = {}
+    base = data.pop("base", None)
+    if base is not None:
+        base = str(base)
+        local = path.parent / base
+        if local.suffix in (".yaml", ".yml") and local.is_file():
+            base = str(local)  # a file next to this one
+        if base in chain or str(path) in chain:
+            raise SelfPatchError(f"config file {path}: base {base!r} includes itself")
+        values.update(_preset_values(base, chain + (str(path),))[1])
+    values.update(flatten_dict(data))
+    return path, values
+
+
 def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = None) -> Config:
-    """Preset (name or YAML path) + ``key=value`` overrides -> validated :class:`Config`."""
+    """Preset (name or YAML path) + ``key=value`` overrides -> validated :class:`Config`.
+
+    A preset may start from another with a top-level ``base: <preset name or YAML file>``;
+    its own values then replace the base's, key by key.
+    """
     cfg = Config()
     if preset:
-        path = _preset_path(preset)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            msg = f"config file {path} is not valid YAML: {exc}".splitlines()[0]
-            raise SelfPatchError(msg) from exc
-        if not isinstance(data, dict):
-            raise SelfPatchError(f"config file {path} must hold a mapping of sections")
-        for key, value in flatten_dict(data).items():
+        path, values = _preset_values(preset)
+        for key, value in values.items():
             _set(cfg, key, value)
         cfg.preset = cfg.preset or path.stem
     for item in overrides or []:
@@ -312,8 +337,10 @@ def validate(cfg: Config) -> None:
     for key in ("save_every_steps", "keep_every"):
         if getattr(cfg.run, key) < 0:
             raise bad(f"run.{key}", "must be >= 0 (0 = off)")
-    if cfg.run.precision not in ("fp32", "bf16", "fp16"):
-        raise bad("run.precision", f"{cfg.run.precision!r} is not one of fp32, bf16, fp16")
+    if cfg.run.precision not in PRECISIONS:
+        raise bad("run.precision", f"{cfg.run.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if cfg.run.threads < 0:
+        raise bad("run.threads", "must be >= 0 (0 = one per usable CPU core)")
     if cfg.dino.center_views not in ("global", "all"):
         raise bad("dino.center_views", "must be global or all")
     if cfg.selfpatch.loss_weight < 0:

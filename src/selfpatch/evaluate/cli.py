@@ -10,9 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.attention import parse_queries
 from selfpatch.evaluate.features import resolve_device
 from selfpatch.evaluate.options import TASKS, EvalOptions
@@ -24,6 +21,7 @@ from selfpatch.evaluate.report import (
     run_task,
     summary_metrics,
 )
+from selfpatch.runtime import PRECISIONS, apply_threads
 
 #: Defaults shared with the Python API.
 D = EvalOptions()
@@ -42,9 +40,12 @@ def _common(p: argparse.ArgumentParser, several: bool = False) -> None:
                    help="output folder (default: <run>/eval for a run directory, "
                         "else runs/eval-<timestamp>)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default 0: torch's choice); 1 can be much "
-                        "faster on a machine shared with other jobs")
+    p.add_argument("--threads", type=int, default=D.threads,
+                   help="CPU threads for torch (default 0: one per usable core, measured "
+                        "fastest on idle and busy machines; docs/performance.md)")
+    p.add_argument("--precision", default=D.precision, choices=PRECISIONS,
+                   help="backbone precision (default auto: bf16 on GPUs; on CPUs only where "
+                        "bf16 is native and measured faster, else fp32)")
     p.add_argument("--batch-size", type=int, default=D.batch_size,
                    help=f"images per forward pass (default {D.batch_size})")
     p.add_argument("--data-root", default=None,
@@ -172,11 +173,6 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     if isinstance(opts.queries, str):
         opts.queries = parse_queries(opts.queries)
     opts.validate()
-    threads = getattr(args, "threads", 0)
-    if threads < 0:
-        raise SelfPatchError(f"--threads must be 0 (automatic) or more, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
     return opts
 
 
@@ -188,7 +184,9 @@ def _handle_task(args: argparse.Namespace) -> int:
 
     describe_source(args.checkpoint)  # fails early, with one line, on a missing checkpoint
     out = Path(args.out) if args.out else default_out_dir([args.checkpoint]) / task
-    backbone = load_for_eval(args.checkpoint, device)
+    threads, threads_reason = apply_threads(opts.threads)
+    backbone, precision = load_for_eval(args.checkpoint, device, opts.precision)
+    print(f"selfpatch: {precision.describe()}; {threads} CPU threads ({threads_reason})")
     result = run_task(task, args.checkpoint, backbone, opts, out, device,
                       getattr(args, "davis_results", None))
     out.mkdir(parents=True, exist_ok=True)  # after the run: no empty folder on a data error

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from selfpatch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from selfpatch.errors import SelfPatchError
 
-#: ImageNet statistics, as used by DINO's evaluation scripts (RGB order).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -53,11 +53,11 @@ def to_normalized_tensor(img: Image.Image, size: tuple[int, int] | None = None) 
     """
     if size is not None and (img.height, img.width) != tuple(size):
         img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255.0
-    arr = arr.permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (arr - mean) / std
+    # In numpy, once per image: the same float32 operations as torch's, without the cost of
+    # launching small multi-threaded torch kernels for every image (2x faster on 2 cores).
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255)
+    arr = (arr - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _batches(items: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:

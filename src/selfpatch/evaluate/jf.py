@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 #: Boundary tolerance as a fraction of the image diagonal (official default).
 BOUND_TH = 0.008
@@ -72,33 +70,45 @@ def disk(radius: int) -> np.ndarray:
     return offsets[None, :] ** 2 + offsets[:, None] ** 2 <= radius**2
 
 
-def dilate_disk(masks: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of ``(..., H, W)`` masks by a disk of ``radius`` pixels.
+def boundary_matches(src: np.ndarray, dst: np.ndarray, radius: int) -> np.ndarray:
+    """How many ``True`` pixels of each ``src`` mask have a ``dst`` pixel within ``radius``.
 
-    Done exactly as a union of horizontal max-pools (one per disk row, half-width
-    ``floor(sqrt(r^2 - dy^2))``) shifted by ``dy``: O((2r+1) H W) instead of a 2-D
-    convolution with a (2r+1)^2 kernel.
+    Equal to ``(src & dilate(dst, disk(radius))).sum()`` per mask, the toolkit's
+    ``fg_boundary * cv2.dilate(gt_boundary, disk(bound_pix))``, without dilating whole frames:
+    boundaries are thin, so each ``src`` pixel looks up the disk's offsets in a padded ``dst``,
+    nearest offsets first, and stops at its first hit. Work is O(boundary pixels x offsets
+    tried) instead of O(frame pixels x disk size).
+
+    Args:
+        src, dst: boolean masks ``(..., H, W)`` of the same shape.
+        radius: disk radius in pixels (``dx^2 + dy^2 <= radius^2``); 0 = same pixel only.
+
+    Returns:
+        ``(...)`` int64 counts.
     """
-    if radius <= 0:
-        return masks.astype(bool)
-    shape = masks.shape
-    x = torch.from_numpy(masks.reshape(-1, 1, shape[-2], shape[-1]).astype(np.float32))
-    h = shape[-2]
-    out = torch.zeros_like(x, dtype=torch.bool)
-    pooled: dict[int, torch.Tensor] = {}
-    for dy in range(-radius, radius + 1):
-        half = math.isqrt(radius * radius - dy * dy)
-        if half not in pooled:
-            pooled[half] = F.max_pool2d(x, (1, 2 * half + 1), stride=1, padding=(0, half)) > 0
-        if abs(dy) >= h:
-            continue
-        row = pooled[half]
-        # Pixel (y, x) is covered when a source pixel sits at (y + dy, x +- half).
-        if dy >= 0:
-            out[..., : h - dy, :] |= row[..., dy:, :]
-        else:
-            out[..., -dy:, :] |= row[..., : h + dy, :]
-    return out.reshape(shape).numpy()
+    lead, (h, w) = src.shape[:-2], src.shape[-2:]
+    r = max(int(radius), 0)
+    src = src.reshape(-1, h, w)
+    n_masks = src.shape[0]
+    padded = np.zeros((n_masks, h + 2 * r, w + 2 * r), dtype=bool)  # outside = no boundary
+    padded[:, r : r + h, r : r + w] = dst.reshape(-1, h, w)
+    flat = padded.reshape(-1)
+    # flatnonzero + divmod: several times faster than a 3-D np.nonzero on thin boundaries.
+    my, x = np.divmod(np.flatnonzero(src), w)
+    m, y = np.divmod(my, h)
+    pw = w + 2 * r
+    base = (m * (h + 2 * r) + y + r) * pw + x + r
+    dy, dx = np.nonzero(disk(r))
+    dy, dx = dy - r, dx - r
+    order = np.argsort(dy * dy + dx * dx, kind="stable")
+    unmatched = np.arange(base.size)
+    for offset in (dy * pw + dx)[order]:
+        if unmatched.size == 0:
+            break
+        unmatched = unmatched[~flat[base[unmatched] + offset]]
+    matched = np.ones(base.size, dtype=bool)
+    matched[unmatched] = False
+    return np.bincount(m[matched], minlength=n_masks).reshape(lead)
 
 
 def boundary_pixels(height: int, width: int, bound_th: float = BOUND_TH) -> int:
@@ -109,22 +119,36 @@ def boundary_pixels(height: int, width: int, bound_th: float = BOUND_TH) -> int:
 
 
 def boundary_f_measure(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> np.ndarray:
-    """F of boolean masks ``(..., H, W)`` -> ``(...)`` with the toolkit's empty-mask rules."""
-    radius = boundary_pixels(gt.shape[-2], gt.shape[-1], bound_th)
-    gt_b = boundary_map(gt)
-    pred_b = boundary_map(pred)
-    gt_dil = dilate_disk(gt_b, radius)
-    pred_dil = dilate_disk(pred_b, radius)
-    n_pred = pred_b.sum(axis=(-2, -1)).astype(np.float64)
-    n_gt = gt_b.sum(axis=(-2, -1)).astype(np.float64)
-    pred_match = np.logical_and(pred_b, gt_dil).sum(axis=(-2, -1))
-    gt_match = np.logical_and(gt_b, pred_dil).sum(axis=(-2, -1))
-    # The general formula reproduces every special case of the toolkit: an empty prediction
-    # has precision 1 and recall 0 (non-empty GT), an empty GT precision 0 and recall 1.
-    precision = np.where(n_pred == 0, 1.0, pred_match / np.maximum(n_pred, 1))
-    recall = np.where(n_gt == 0, 1.0, gt_match / np.maximum(n_gt, 1))
-    denom = precision + recall
-    return np.where(denom == 0, 0.0, 2 * precision * recall / np.where(denom == 0, 1, denom))
+    """F of boolean masks ``(..., H, W)`` -> ``(...)`` with the toolkit's empty-mask rules.
+
+    Frame by frame, on the smallest window that holds both masks plus a one-pixel margin:
+    boundaries and matches only exist there, and a window of a 480p frame stays in the CPU's
+    cache, which whole-video arrays do not (measured in docs/performance.md).
+    """
+    lead, (h, w) = gt.shape[:-2], gt.shape[-2:]
+    radius = boundary_pixels(h, w, bound_th)
+    gt = gt.reshape(-1, h, w).astype(bool, copy=False)
+    pred = pred.reshape(-1, h, w).astype(bool, copy=False)
+    scores = np.ones(gt.shape[0])  # both masks empty: both boundaries empty, F = 1
+    for i, (g, p) in enumerate(zip(gt, pred)):
+        rows = np.flatnonzero(g.any(axis=1) | p.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(g.any(axis=0) | p.any(axis=0))
+        # One empty row/column above/left (boundaries sit half a pixel towards the origin)
+        # and below/right (so the window's last row/column is not mistaken for the frame's).
+        y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, h)
+        x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, w)
+        g_b = boundary_map(g[y0:y1, x0:x1])
+        p_b = boundary_map(p[y0:y1, x0:x1])
+        n_gt, n_pred = np.count_nonzero(g_b), np.count_nonzero(p_b)
+        # The toolkit's special cases follow from the general formula: an empty prediction
+        # has precision 1 and recall 0 (non-empty GT), an empty GT precision 0 and recall 1.
+        precision = boundary_matches(p_b, g_b, radius) / n_pred if n_pred else 1.0
+        recall = boundary_matches(g_b, p_b, radius) / n_gt if n_gt else 1.0
+        denom = precision + recall
+        scores[i] = 0.0 if denom == 0 else 2 * precision * recall / denom
+    return scores.reshape(lead)
 
 
 def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:

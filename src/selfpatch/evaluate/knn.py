@@ -5,10 +5,9 @@ takes its ``k`` most cosine-similar training images, and each neighbour votes fo
 with weight ``exp(cos / T)``; classes are ranked by summed weight (top-1 / top-5 accuracy).
 Defaults k=20, T=0.07.
 
-The image embedding is the method's own image representation when
-``selfpatch.models.loading.load_image_embedder`` exists (CLS token for DINO, the aggregation
-module for SelfPatch); otherwise, and for random / exported backbones, the mean of the patch
-tokens.
+The image embedding is the method's own image representation
+(``selfpatch.models.loading.load_image_embedder``: CLS token for DINO, the aggregation module
+for SelfPatch, mean of the patch tokens for random / exported backbones without [CLS]).
 """
 
 from __future__ import annotations
@@ -103,14 +102,16 @@ Embedder = Callable[[torch.Tensor], torch.Tensor]
 
 def resolve_embedder(source: str | None, backbone: torch.nn.Module,
                      device: torch.device | str) -> tuple[Embedder, str]:
-    """The image embedding to use and its description (see the module doc)."""
-    from selfpatch.models import loading
+    """The image embedding to use and its description (see the module doc).
 
-    load_image_embedder = getattr(loading, "load_image_embedder", None)
-    if source is not None and load_image_embedder is not None:
-        module = load_image_embedder(source, device)
-        return module, "the method's image representation (load_image_embedder)"
-    return mean_pooled_embedder(backbone), "mean-pooled patch tokens"
+    Without a ``source`` (a bare backbone) the embedding is the mean of the patch tokens.
+    """
+    if source is None:
+        return mean_pooled_embedder(backbone), "mean-pooled patch tokens"
+    from selfpatch.models.loading import load_image_embedder
+
+    module = load_image_embedder(source, device, backbone=backbone)
+    return module, f"the method's image representation ({module.kind})"
 
 
 def _images(paths: list[Path], size: int, resize: int | None) -> Iterator[torch.Tensor]:

@@ -15,6 +15,7 @@ from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.datasets import ADE20K_NUM_CLASSES, DataChoice, choose_data
 from selfpatch.evaluate.davis import PropagationSettings
 from selfpatch.evaluate.seg import ProbeSettings
+from selfpatch.runtime import PRECISIONS
 
 #: Every task of ``eval all``, in the order they run (attention reuses the DAVIS results).
 TASKS = ("davis", "seg", "knn", "attention")
@@ -30,6 +31,8 @@ class EvalOptions:
     """All evaluation settings (see ``docs/evaluation.md``)."""
 
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 of the backbone (selfpatch.runtime)
+    threads: int = 0  # torch CPU threads; 0 = one per usable core (selfpatch.runtime)
     batch_size: int = 32
     data_root: str | None = None
     davis_root: str | None = None
@@ -70,6 +73,9 @@ class EvalOptions:
     def validate(self) -> None:
         """Raise :class:`SelfPatchError` naming the first option out of its range."""
         checks = [
+            ("--precision", self.precision, self.precision in PRECISIONS,
+             f"one of {', '.join(PRECISIONS)}"),
+            ("--threads", self.threads, self.threads >= 0, "0 (automatic) or more"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
             ("--n-last-frames", self.n_last_frames, self.n_last_frames >= 0, "at least 0"),
             ("--size-mask-neighborhood", self.size_mask_neighborhood,

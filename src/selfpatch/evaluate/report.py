@@ -31,6 +31,8 @@ from selfpatch.evaluate.features import resolve_device
 from selfpatch.evaluate.knn import evaluate_knn
 from selfpatch.evaluate.options import TASKS, EvalOptions
 from selfpatch.evaluate.seg import evaluate_seg
+from selfpatch.models.backbone import ViTBackbone
+from selfpatch.runtime import PrecisionChoice, apply_threads, cpu_name, resolve_precision
 
 #: Report table columns: (key in the metrics dict, header).
 COLUMNS = (("J&F", "J&F"), ("J", "J"), ("F", "F"), ("mIoU", "mIoU"), ("aAcc", "aAcc"),
@@ -72,11 +74,15 @@ def unique_labels(sources: list[str]) -> list[str]:
     return labels
 
 
-def load_for_eval(source: str, device: torch.device):
-    """Load the frozen backbone, turning a missing checkpoint into a one-line error early."""
+def load_for_eval(source: str, device: torch.device, precision: str = "auto"
+                  ) -> tuple[ViTBackbone, PrecisionChoice]:
+    """The frozen backbone, set to compute its features in the resolved ``precision``."""
     from selfpatch.models.loading import load_backbone
 
-    return load_backbone(source, device=device)
+    backbone = load_backbone(source, device=device)
+    choice = resolve_precision(precision, device, backbone.embed_dim)
+    backbone.inference_dtype = choice.dtype
+    return backbone, choice
 
 
 def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path,
@@ -162,10 +168,13 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
             opts.data(data_task)
     out_dir = Path(out_dir) if out_dir else default_out_dir(sources)
     out_dir.mkdir(parents=True, exist_ok=True)
+    threads, threads_reason = apply_threads(opts.threads)
     entries = []
     for source, label, desc in zip(sources, unique_labels(sources), described):
         start = time.perf_counter()
-        backbone = load_for_eval(source, device)
+        backbone, precision = load_for_eval(source, device, opts.precision)
+        if log:
+            log(f"[{label}] {precision.describe()}; {threads} CPU threads ({threads_reason})")
         ck_dir = out_dir / label
         results: dict = {}
         for task in tasks:
@@ -181,6 +190,7 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
             "description": desc,
             "backbone": {"timm_name": backbone.spec.timm_name, "patch_size": backbone.patch_size,
                          "embed_dim": backbone.embed_dim},
+            "precision": precision.to_dict(),
             "metrics": summary_metrics(results),
             "results": results,
             "seconds": time.perf_counter() - start,
@@ -188,6 +198,8 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
     report = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "device": str(device),
+        "cpu": cpu_name(),
+        "threads": threads,
         "torch": torch.__version__,
         "tasks": list(tasks),
         "options": opts.to_dict(),
@@ -248,7 +260,8 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     """``report.md``: results table, protocol settings, checkpoint configs, pictures, timings."""
     entries = report["checkpoints"]
     lines = ["# selfpatch evaluation report", "",
-             f"Created {report['created']} on {report['device']} (torch {report['torch']}). "
+             f"Created {report['created']} on {report['device']} ({report['cpu']}, "
+             f"{report['threads']} CPU threads; torch {report['torch']}). "
              "All numbers are percentages.", "", "## Results", ""]
     lines.append("| checkpoint | " + " | ".join(h for _, h in COLUMNS) + " |")
     lines.append("|---|" + "---:|" * len(COLUMNS))
@@ -301,7 +314,9 @@ def render_markdown(report: dict, out_dir: Path) -> str:
                              if r.get("seconds") is not None)
         lines.append(f"- **{e['label']}**: `{desc.get('source', e['source'])}`; "
                      f"{e['backbone']['timm_name']}, patch {e['backbone']['patch_size']}, "
-                     f"dim {e['backbone']['embed_dim']}; evaluated in {e['seconds']:.1f} s "
+                     f"dim {e['backbone']['embed_dim']}; features in "
+                     f"{e['precision']['name']} ({e['precision']['reason']}); "
+                     f"evaluated in {e['seconds']:.1f} s "
                      f"({per_task})")
     lines += [""] + config_table(entries) + [""]
     pictures = [(e["label"], name, Path(p)) for e in entries

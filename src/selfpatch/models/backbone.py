@@ -9,6 +9,7 @@ by a plain ``timm.create_model`` call from an exported file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,6 +100,14 @@ class ViTBackbone(nn.Module):
         self.embed_dim = int(self.vit.embed_dim)
         self.num_heads = int(self.vit.blocks[0].attn.num_heads)
         self.num_prefix_tokens = int(self.vit.num_prefix_tokens)
+        # Evaluation only: run the transformer under autocast to this dtype and return float32
+        # (selfpatch.runtime picks it). Training sets autocast around the whole step instead.
+        self.inference_dtype: torch.dtype | None = None
+
+    def _autocast(self, images: torch.Tensor):
+        if self.inference_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(images.device.type, dtype=self.inference_dtype)
 
     def grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """Grid ``(h, w)`` of an ``height x width`` image; raises if not divisible."""
@@ -114,7 +123,10 @@ class ViTBackbone(nn.Module):
         """``(cls, patches)``: ``(B, D)`` or ``None``, and ``(B, N, D)`` after the final norm."""
         self.grid_shape(images.shape[-2], images.shape[-1])
         features = self.__dict__.get("_compiled_features") or self.vit.forward_features
-        tokens = features(images)
+        with self._autocast(images):
+            tokens = features(images)
+        if self.inference_dtype is not None:
+            tokens = tokens.float()
         cls = tokens[:, 0] if self.vit.cls_token is not None else None
         return cls, tokens[:, self.num_prefix_tokens :]
 
@@ -134,6 +146,10 @@ class ViTBackbone(nn.Module):
         ``T = num_prefix_tokens + N``; prefix tokens (if any) come first. Computed explicitly
         because timm's fused attention never materialises the weights.
         """
+        with self._autocast(images):
+            return self._last_self_attention(images).float()
+
+    def _last_self_attention(self, images: torch.Tensor) -> torch.Tensor:
         self.grid_shape(images.shape[-2], images.shape[-1])
         vit = self.vit
         x = vit.patch_embed(images)

@@ -147,14 +147,17 @@ class ImageEmbedder(torch.nn.Module):
         return cls if cls is not None else tokens.mean(dim=1)
 
 
-def load_image_embedder(source: str | Path, device: str | torch.device = "cpu") -> ImageEmbedder:
+def load_image_embedder(source: str | Path, device: str | torch.device = "cpu",
+                        backbone: ViTBackbone | None = None) -> ImageEmbedder:
     """The image representation used for k-NN, as each method defines it.
 
     SelfPatch checkpoints: the teacher's aggregation module over all patch tokens (paper
     Eq. 4); plain DINO checkpoints and backbones with a [CLS] token: the [CLS] token; other
-    backbones (random, exported without [CLS]): mean-pooled patch tokens.
+    backbones (random, exported without [CLS]): mean-pooled patch tokens. ``backbone``: the
+    source's backbone when already loaded (it is then shared, not loaded again).
     """
-    backbone = load_backbone(source, device)
+    if backbone is None:
+        backbone = load_backbone(source, device)
     text = str(source)
     aggregator = None
     if not (text.startswith("random:") or text.endswith(".safetensors")):

@@ -8,7 +8,6 @@ logging interval (``run.log_every``), where losses are read, a non-finite loss s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from selfpatch import runtime
 from selfpatch.config import Config
 from selfpatch.data.folder import ImageFolderDataset
 from selfpatch.data.seeded import SeededViews, collate_views, sample_seed
@@ -43,8 +43,6 @@ from selfpatch.train.optim import build_optimizer, clip_gradients_per_parameter
 from selfpatch.train.run_dir import MetricsLogger, environment, write_yaml
 from selfpatch.train.sampler import EpochSampler
 from selfpatch.train.schedules import cosine_schedule, teacher_temperature_schedule
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_directory(cfg: Config) -> Path:
@@ -175,6 +173,7 @@ def pretrain(cfg: Config, resume: bool = False) -> Path:
 
 def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
     device = D.resolve_device(cfg.run.device, info)
+    threads, threads_reason = runtime.apply_threads(cfg.run.threads)
     seed = cfg.run.seed + info.rank
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -206,8 +205,13 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         model.set_student_runner(DDP(model.student, device_ids=[device.index]
                                      if device.type == "cuda" else None,
                                      find_unused_parameters=unused))
+    precision = runtime.resolve_precision(cfg.run.precision, device,
+                                          model.student.backbone.embed_dim)
+    if info.is_main:
+        print(f"selfpatch: {precision.describe()}; {threads} CPU threads ({threads_reason})",
+              flush=True)
     optimizer = build_optimizer(model.student, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     student_params = [p for p in model.student.parameters() if p.requires_grad]
     last_layer = model.last_layer_parameters()
 
@@ -240,15 +244,16 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
         env = environment(device, info.world_size)
-        env.update(n_images=len(dataset), unreadable_images=len(dataset.bad_files),
+        env.update(precision=precision.to_dict(), cpu=runtime.cpu_name(),
+                   cpu_bf16_native=runtime.cpu_bf16_native(), threads_reason=threads_reason,
+                   n_images=len(dataset), unreadable_images=len(dataset.bad_files),
                    iters_per_epoch=iters, total_steps=total, lr=lr,
                    total_batch=o.batch_size * info.world_size)
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
 
     gpu_augment = GpuMultiCrop(multicrop_config(cfg.data)) if cfg.data.gpu_augment else None
-    amp = (torch.autocast(device.type, dtype=AMP_DTYPES[cfg.run.precision])
-           if cfg.run.precision in AMP_DTYPES else contextlib.nullcontext())
+    amp = precision.autocast(device.type)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_samples = 0
     pbar = tqdm(total=total, initial=step, disable=not (info.is_main and cfg.run.progress),
