@@ -17,12 +17,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from selfpatch.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -105,7 +106,7 @@ def main() -> None:
         finally:
             for p in procs:
                 p.terminate()
-    result = {"cpu": platform.processor(), "cores": os.cpu_count(),
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(),
               "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "ONEDNN_MAX_CPU_ISA",
                                                  "ATEN_CPU_CAPABILITY",
                                                  "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from selfpatch.evaluate.jf import BOUND_TH, boundary_f_measure, boundary_map
+from selfpatch.runtime import cpu_name
 
 
 def moving_blob(frames: int, height: int, width: int, seed: int, jitter: float,
@@ -118,7 +118,7 @@ def main() -> None:
         print(f"{name:38s} official {t_off:7.3f} s  ours {t_our:7.3f} s  "
               f"({t_off / t_our:5.1f}x)  mean F {ours.mean():.4f}  max |diff| {diff:.1e}")
     result = {"frames": t, "height": h, "width": w, "threads": 1, "repeats": args.repeats,
-              "cpu": platform.processor(), "numpy": np.__version__, "opencv": cv2.__version__,
+              "cpu": cpu_name(), "numpy": np.__version__, "opencv": cv2.__version__,
               "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
