@@ -209,6 +209,7 @@ def test_two_processes_match_one(launch, tmp_path):
     env1 = json.loads((one / "environment.json").read_text())
     env2 = json.loads((two / "environment.json").read_text())
     assert env2["world_size"] == 2 and env2["total_batch"] == env1["total_batch"] == 8
+    assert env2["precision"]["name"] == env1["precision"]["name"] == "fp32"  # rank 0's choice
     assert env2["lr"] == pytest.approx(env1["lr"]) == pytest.approx(0.0005 * 8 / 256)
     c1, c2 = _model(one), _model(two)
     assert c2["world_size"] == 2 and c1["step"] == c2["step"] == 8

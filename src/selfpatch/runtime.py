@@ -12,7 +12,7 @@ Precision ``auto``:
   bf16 was measured slower than fp32 for ViT-Ti on some CPUs (docs/performance.md). The
   measurement takes about a second and is cached in ``~/.cache/selfpatch/cpu-precision.json``
   (``$SELFPATCH_CACHE`` overrides the folder), keyed by CPU, torch version, threads and width.
-  fp16 is never chosen on a CPU.
+  fp16 is never chosen on a CPU. In distributed training rank 0 decides and broadcasts.
 - Other devices: fp32.
 
 Threads ``0`` (automatic): one per CPU core this process may use (``os.sched_getaffinity``),

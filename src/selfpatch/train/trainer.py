@@ -205,8 +205,14 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         model.set_student_runner(DDP(model.student, device_ids=[device.index]
                                      if device.type == "cuda" else None,
                                      find_unused_parameters=unused))
-    precision = runtime.resolve_precision(cfg.run.precision, device,
-                                          model.student.backbone.embed_dim)
+    # Rank 0 decides (and, on a CPU, measures) alone; every rank then runs the same precision.
+    precision = (runtime.resolve_precision(cfg.run.precision, device,
+                                           model.student.backbone.embed_dim)
+                 if info.is_main else None)
+    if info.enabled:
+        box = [precision]
+        dist.broadcast_object_list(box, src=0)
+        precision = box[0]
     if info.is_main:
         print(f"selfpatch: {precision.describe()}; {threads} CPU threads ({threads_reason})",
               flush=True)
