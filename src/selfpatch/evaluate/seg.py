@@ -193,20 +193,20 @@ def upsampled_logits_at(logits: torch.Tensor, size: tuple[int, int],
     """
     bsz, chans, h, w = logits.shape
     b, y, x = index
+    dev = logits.device
     # Along x for every grid row (small: B x C x h x W), then along y only where needed.
     x0, x1, fx = bilinear_taps(w, size[1])
     cols = torch.arange(size[1])
     mix = torch.zeros(w, size[1])  # (w, W): output column i mixes inputs x0[i] and x1[i]
     mix.index_put_((x0, cols), 1 - fx, accumulate=True)
     mix.index_put_((x1, cols), fx, accumulate=True)
-    rows = torch.einsum("bchw,wW->bhWc", logits, mix.to(logits.device))
+    rows = torch.einsum("bchw,wW->bhWc", logits, mix.to(dev))
     rows = rows.reshape(bsz * h * size[1], chans)  # (B*h*W, C)
-    y0, y1, fy = (t[y] for t in bilinear_taps(h, size[0]))
+    y0, y1, fy = (t.to(dev)[y] for t in bilinear_taps(h, size[0]))
     base = b * (h * size[1]) + x
-    top = rows.index_select(0, base + y0.to(base.device) * size[1])
-    bottom = rows.index_select(0, base + y1.to(base.device) * size[1])
-    fy = fy.to(logits.device)[:, None]
-    return top + (bottom - top) * fy
+    top = rows.index_select(0, base + y0 * size[1])
+    bottom = rows.index_select(0, base + y1 * size[1])
+    return top + (bottom - top) * fy[:, None]
 
 
 def train_probe(train: SegSplit, num_classes: int, settings: ProbeSettings,
