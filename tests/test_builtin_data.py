@@ -25,6 +25,7 @@ from selfpatch.data.builtin import (
 from selfpatch.data.builtin import build as build_module
 from selfpatch.data.builtin import source as source_module
 from selfpatch.data.builtin.generate import SPLITS, item_rng
+from selfpatch.data.builtin.looks import LOOKS
 from selfpatch.data.builtin.render import ALPHA_RAMP, LABEL_ALPHA, SHADE_FLOOR, Placement, composite
 from selfpatch.data.builtin.scenes import render_scene
 from selfpatch.data.builtin.videos import MIN_VISIBLE_PIXELS
@@ -192,11 +193,13 @@ def test_later_objects_occlude_earlier_ones(fm):
 
 
 def test_files_on_disk_are_the_rendered_scenes(tiny, fm):
-    seed = BuiltinSpec().seed
+    spec = BuiltinSpec()
     sources = json.loads((tiny.root / "sources.json").read_text())
     for index in range(TINY["n_seg_val"]):
         rendered, placements = render_scene(
-            item_rng(seed, "seg_validation", index), fm[2], fm[3], 96
+            item_rng(spec.seed, "seg_validation", index), fm[2], fm[3], 96,
+            (spec.min_objects, spec.max_objects), (spec.min_scale, spec.max_scale),
+            look=LOOKS[spec.version],
         )
         stem = f"fs_val_{index:06d}.png"
         ann = np.asarray(Image.open(tiny.seg_root / "annotations" / "validation" / stem))

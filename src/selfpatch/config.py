@@ -79,6 +79,7 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
+    builtin_version: int = 2  # built-in data version for path=builtin (1 = first release)
     limit_images: int = 0  # use only the first N images (0 = all)
     # DINO's colour augmentation by default; stronger settings suit data where colour
     # identifies an image but not its objects (tried on the built-in data: docs/results.md).
@@ -324,6 +325,9 @@ def validate(cfg: Config) -> None:
             raise bad(key, f"({lo}, {hi}) must satisfy 0 < min <= max <= 1")
     if cfg.data.n_local < 0:
         raise bad("data.n_local", "must be >= 0")
+    if cfg.data.builtin_version not in (1, 2):
+        raise bad("data.builtin_version", f"{cfg.data.builtin_version} is not a built-in data "
+                  "version; use 2 (default) or 1 (the first release)")
     from selfpatch.data.transforms import multicrop_config
 
     multicrop_config(cfg.data)  # crop sizes, scales and colour settings: one-line errors

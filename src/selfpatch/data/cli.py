@@ -1,6 +1,6 @@
 """``selfpatch data``: build the built-in data set and draw a picture of it.
 
-    selfpatch data build [--root DIR] [--source DIR] [--seed N] [--n-pretrain N] ...
+    selfpatch data build [--version v2] [--root DIR] [--source DIR] [--seed N] [--n-pretrain N] ...
     selfpatch data show  [--out PNG] [--n N]   (builds first if needed)
 
 Errors are raised as :class:`~selfpatch.errors.SelfPatchError`; the top-level CLI prints them.
@@ -12,7 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-from selfpatch.data.builtin import BuiltinSpec, ensure_builtin, write_preview
+from selfpatch.data.builtin import VERSION, BuiltinSpec, ensure_builtin, write_preview
+from selfpatch.data.builtin.looks import LOOKS
+from selfpatch.errors import SelfPatchError
 
 #: Spec fields exposed as ``--flag`` options (seed has its own); sizes people change.
 _SIZE_OPTIONS = (
@@ -45,6 +47,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="folder with the Fashion-MNIST IDX files (default: the system copy "
         "from `apt-get install dataset-fashion-mnist`, else a download)",
     )
+    parser.add_argument(
+        "--version",
+        default=f"v{VERSION}",
+        metavar="vN",
+        help=f"data version (default v{VERSION}; v1 = the first release, kept so old "
+        "results stay reproducible; docs/data.md)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="generation seed")
     for name in _SIZE_OPTIONS:
         parser.add_argument(
@@ -64,8 +73,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def parse_version(text: str) -> int:
+    """``v2`` / ``2`` -> 2; an unknown version is a one-line error listing the known ones."""
+    digits = text[1:] if text.lower().startswith("v") else text
+    if not digits.isdigit() or int(digits) not in LOOKS:
+        known = ", ".join(f"v{v}" for v in sorted(LOOKS))
+        raise SelfPatchError(f"--version {text!r} is not a data version; choose one of {known}")
+    return int(digits)
+
+
 def _spec(args: argparse.Namespace) -> BuiltinSpec:
-    return BuiltinSpec(seed=args.seed, **{n: getattr(args, n) for n in _SIZE_OPTIONS})
+    sizes = {n: getattr(args, n) for n in _SIZE_OPTIONS}
+    return BuiltinSpec.for_version(parse_version(args.version), seed=args.seed, **sizes)
 
 
 def _build(args: argparse.Namespace):

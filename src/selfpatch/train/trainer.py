@@ -58,7 +58,8 @@ def resolve_data_root(cfg: Config, info: D.DistInfo) -> Path:
         return Path(cfg.data.path).expanduser()
     from selfpatch.data.builtin import BuiltinSpec, ensure_builtin
 
-    spec = BuiltinSpec(n_pretrain=cfg.data.builtin_n_pretrain)
+    spec = BuiltinSpec.for_version(cfg.data.builtin_version,
+                                   n_pretrain=cfg.data.builtin_n_pretrain)
     if info.is_main:
         root = ensure_builtin(spec, progress=cfg.run.progress).pretrain_dir
     D.barrier(info)

@@ -51,11 +51,15 @@ def random_colour(rng: np.random.Generator, sat: tuple[float, float], val: tuple
     return np.asarray(rgb, dtype=np.float32)
 
 
-def smooth_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def smooth_background(
+    rng: np.random.Generator, height: int, width: int, gain: float = 1.0
+) -> np.ndarray:
     """A random smooth colour field with a faint texture.
 
     Draws (in this order, so a seed fixes the result): the coarse grid size, a base colour,
-    per-cell colour offsets, the texture grid and its amplitude.
+    per-cell colour offsets, the texture grid and its amplitude. ``gain`` scales the finished
+    field (a data version's :attr:`~selfpatch.data.builtin.looks.Look.background_gain`); it
+    draws nothing, so the same seed gives the same field up to brightness.
 
     Returns:
         float32 (height, width, 3) in [0, 1].
@@ -70,4 +74,7 @@ def smooth_background(rng: np.random.Generator, height: int, width: int) -> np.n
     amplitude = np.float32(rng.uniform(0.02, 0.10))
     texture = rng.normal(0.0, 1.0, size=(tex_cells, tex_cells, 1)).astype(np.float32)
     field += amplitude * upsample_grid(texture, height, width)
-    return np.clip(field, 0.0, 1.0)
+    np.clip(field, 0.0, 1.0, out=field)
+    if gain != 1.0:
+        field *= np.float32(gain)
+    return field

@@ -31,7 +31,7 @@ from selfpatch.data.builtin.generate import (
     split_size,
 )
 from selfpatch.data.builtin.source import CLASS_NAMES, find_fashion_mnist
-from selfpatch.data.builtin.spec import NAME, VERSION, BuiltinData, BuiltinSpec
+from selfpatch.data.builtin.spec import NAME, BuiltinData, BuiltinSpec
 from selfpatch.errors import SelfPatchError
 
 MANIFEST = "manifest.json"
@@ -84,7 +84,11 @@ def is_current(folder: Path, spec: BuiltinSpec) -> bool:
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("name") != NAME:
         return False
-    if manifest.get("version") != VERSION or manifest.get("spec") != spec.to_dict():
+    recorded = manifest.get("spec")
+    if manifest.get("version") != spec.version or not isinstance(recorded, dict):
+        return False
+    # v1 manifests predate the spec's version field; the manifest's own version fills it.
+    if {"version": manifest.get("version"), **recorded} != spec.to_dict():
         return False
     paths = data_paths(folder)
     return all(
@@ -180,7 +184,7 @@ def _generate(
     _write_json(out / SOURCES, sources)
     return {
         "name": NAME,
-        "version": VERSION,
+        "version": spec.version,
         "seed": spec.seed,
         "spec": spec.to_dict(),
         "counts": {

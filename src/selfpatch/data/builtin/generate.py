@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from selfpatch.data.builtin import layouts
+from selfpatch.data.builtin.looks import LOOKS
 from selfpatch.data.builtin.render import to_uint8
 from selfpatch.data.builtin.scenes import render_scene, render_single
 from selfpatch.data.builtin.spec import BuiltinSpec
@@ -113,6 +114,7 @@ def _scene(ctx: Context, split: str, index: int) -> list[int]:
         spec.scene_size,
         (spec.min_objects, spec.max_objects),
         (spec.min_scale, spec.max_scale),
+        look=LOOKS[spec.version],
     )
     rgb = to_uint8(rendered.rgb)
     if split == "pretrain":
@@ -136,6 +138,7 @@ def _video(ctx: Context, index: int) -> list[int]:
         frames=spec.video_frames,
         n_objects=(spec.video_min_objects, spec.video_max_objects),
         scale=(spec.video_min_scale, spec.video_max_scale),
+        look=LOOKS[spec.version],
     )
     sequence = layouts.davis_sequence(index)
     for frame in range(spec.video_frames):
@@ -159,6 +162,7 @@ def _knn(ctx: Context, split: str, index: int) -> list[int]:
         ctx.labels[objects],
         photo,
         spec.knn_size,
+        look=LOOKS[spec.version],
     )
     label = int(ctx.labels[objects][photo])
     layouts.save_rgb_png(layouts.knn_path(ctx.out, split, label, index), to_uint8(rendered.rgb))

@@ -7,11 +7,17 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from selfpatch.data.builtin.looks import LOOKS
 from selfpatch.errors import SelfPatchError
 
-#: Bump whenever generation changes what is written: caches with another version rebuild.
-VERSION = 1
+#: The version built by default. Add a new version (never change an old one) whenever
+#: generation changes what is written; ``BuiltinSpec(version=1)`` still builds v1.
+VERSION = 2
 NAME = "fashion-scenes"
+
+
+#: Fields whose default differs from the dataclass default (v2's), per version.
+_VERSION_DEFAULTS: dict[int, dict] = {1: {"max_objects": 5, "min_scale": 0.7, "max_scale": 2.5}}
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,16 @@ class BuiltinData:
 class BuiltinSpec:
     """Sizes of the built-in data set. Changing any field gives a different build.
 
-    Defaults (documented in docs/data.md): 20000 pre-training scenes of 96x96; 800 + 200
+    Defaults (documented in docs/data.md): 20000 pre-training scenes of 96x96 with 1..3
+    objects of 1.4..2.8x (v1: 1..5 of 0.7..2.5x); 800 + 200
     segmentation scenes (training from Fashion-MNIST train photos, validation from test
     photos); 30 clips of 25 frames of 128x128; 5000 + 1000 k-NN images of 64x64.
+    ``version`` picks the rendering (:mod:`~selfpatch.data.builtin.looks`); use
+    :meth:`for_version` to get another version's default sizes.
     """
 
     seed: int = 0
+    version: int = VERSION
     scene_size: int = 96
     n_pretrain: int = 20000
     n_seg_train: int = 800
@@ -58,16 +68,31 @@ class BuiltinSpec:
     n_knn_val: int = 1000
     knn_size: int = 64
     min_objects: int = 1
-    max_objects: int = 5
-    min_scale: float = 0.7
-    max_scale: float = 2.5
+    max_objects: int = 3  # v1: 5
+    min_scale: float = 1.4  # v1: 0.7
+    max_scale: float = 2.8  # v1: 2.5
     video_min_objects: int = 2
     video_max_objects: int = 4
     video_min_scale: float = 1.3
     video_max_scale: float = 2.3
 
+    @classmethod
+    def for_version(cls, version: int, **sizes) -> BuiltinSpec:
+        """The default spec of data ``version`` (1 or 2), with ``sizes`` overriding fields."""
+        if version not in LOOKS:
+            raise SelfPatchError(
+                f"data spec: version = {version} is unknown; known: "
+                + ", ".join(str(v) for v in sorted(LOOKS))
+            )
+        return cls(**{**_VERSION_DEFAULTS.get(version, {}), **sizes, "version": version})
+
     def validate(self) -> None:
         """Raise :class:`SelfPatchError` naming the first field with an impossible value."""
+        if self.version not in LOOKS:
+            raise SelfPatchError(
+                f"data spec: version = {self.version} is unknown; known: "
+                + ", ".join(str(v) for v in sorted(LOOKS))
+            )
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "seed" and value < 0:
@@ -97,12 +122,15 @@ class BuiltinSpec:
         return asdict(self)
 
     def dir_name(self) -> str:
-        """Cache folder name: ``fashion-scenes-v1-seed0`` for the default sizes, with a short
-        hash of the sizes appended otherwise (so a small test build never evicts the default).
+        """Cache folder name: ``fashion-scenes-v2-seed0`` for the version's default sizes, with
+        a short hash of the sizes appended otherwise (so a small test build never evicts the
+        default).
         """
-        name = f"{NAME}-v{VERSION}-seed{self.seed}"
-        sizes = {k: v for k, v in self.to_dict().items() if k != "seed"}
-        defaults = {k: v for k, v in asdict(BuiltinSpec()).items() if k != "seed"}
+        name = f"{NAME}-v{self.version}-seed{self.seed}"
+        skip = ("seed", "version")
+        sizes = {k: v for k, v in self.to_dict().items() if k not in skip}
+        default = asdict(BuiltinSpec.for_version(self.version))
+        defaults = {k: v for k, v in default.items() if k not in skip}
         if sizes != defaults:
             digest = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()
             name += f"-{digest[:8]}"

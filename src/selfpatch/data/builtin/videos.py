@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from selfpatch.data.builtin.background import smooth_background
+from selfpatch.data.builtin.looks import LATEST, Look
 from selfpatch.data.builtin.render import (
     LABEL_ALPHA,
     OBJECT_SIDE,
@@ -83,7 +84,11 @@ class VideoLayout:
 
 
 def _sample_track(
-    rng: np.random.Generator, labels: np.ndarray, size: int, scale: tuple[float, float]
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    size: int,
+    scale: tuple[float, float],
+    look: Look,
 ) -> Track:
     index = int(rng.integers(0, len(labels)))
     s0 = float(rng.uniform(*scale))
@@ -100,7 +105,7 @@ def _sample_track(
     return Track(
         index=index,
         label=int(labels[index]),
-        tint=random_tint(rng),
+        tint=random_tint(rng, look),
         start=(float(start[0]), float(start[1])),
         control=(float(control[0]), float(control[1])),
         end=(float(end[0]), float(end[1])),
@@ -130,19 +135,23 @@ def sample_video(
     n_objects: tuple[int, int] = (2, 4),
     scale: tuple[float, float] = (1.3, 2.3),
     max_tries: int = 200,
+    look: Look = LATEST,
 ) -> VideoLayout:
     """Draw a clip whose frame 0 shows every object (re-drawing the objects until it does).
 
     Args:
         rng: the clip's own generator.
         photos, labels: uint8 (N, 28, 28) and (N,) of the split the objects come from.
+        look: the data version's colours.
     """
-    background = smooth_background(rng, size + PAN, size + PAN)
+    background = smooth_background(rng, size + PAN, size + PAN, look.background_gain)
     pan_start = tuple(int(v) for v in rng.integers(0, PAN + 1, size=2))
     pan_end = tuple(int(v) for v in rng.integers(0, PAN + 1, size=2))
     count = int(rng.integers(n_objects[0], n_objects[1] + 1))
     for _ in range(max_tries):
-        tracks = tuple(_sample_track(rng, labels, size, scale) for _ in range(count))
+        tracks = tuple(
+            _sample_track(rng, labels, size, scale, look) for _ in range(count)
+        )
         layout = VideoLayout(size, frames, background, pan_start, pan_end, tracks)
         if first_frame_visible(layout, photos):
             return layout

@@ -1,0 +1,67 @@
+"""The benchmark controls (benchmarks/controls.py) in their tiny CI form, and the pieces they
+rest on checked against independent facts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import controls  # noqa: E402
+
+from test_builtin_data import _need_source  # noqa: E402
+
+
+def test_supervised_training_learns_a_separable_task():
+    """Two classes that differ only in brightness: the loop must reach (near) 100 %."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 2
+    images = torch.randn(256, 3, 16, 16, generator=g) * 0.2 + (labels * 2.0 - 1.0).view(
+        -1, 1, 1, 1)
+    torch.manual_seed(0)
+    model = controls.small_cnn(2)
+    result = controls.train_supervised(model, (images, labels), (images[:64], labels[:64]),
+                                       budget_s=60, max_epochs=3, lr=2e-3, batch_size=32,
+                                       precision="fp32", log=None)
+    assert result["epochs"] == 3 and result["val_top1"] >= 95.0
+
+
+def test_augment_keeps_content_and_labels():
+    images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    out = controls.augment(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape
+    for a, b in zip(images, out):  # a flip and a wrap-around shift only permute pixels
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+
+
+def test_pixel_tokens_are_the_patches():
+    images = torch.randn(2, 3, 8, 8)
+    tokens = controls.PixelTokens(4)(images)
+    assert tokens.shape == (2, 4, 48)
+    # token 1 = top-right patch, channel-major as F.unfold lays it out
+    assert torch.equal(tokens[0, 1].view(3, 4, 4), images[0, :, :4, 4:])
+
+
+def test_controls_smoke_writes_the_table(tmp_path, capsys):
+    _need_source()
+    assert controls.main(["--smoke", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "controls.json").read_text())
+    rows = out["rows"]
+    assert list(rows) == ["supervised CNN", "supervised ViT", "random ViT", "raw pixels"]
+    for name in ("supervised ViT", "random ViT", "raw pixels"):
+        assert 0 <= rows[name]["knn_top1"] <= 100 and 0 <= rows[name]["mIoU"] <= 100
+    assert (tmp_path / "supervised-vit.safetensors").is_file()
+    assert "| supervised CNN |" in capsys.readouterr().out
+    assert out["meta"]["version"] == 2
+
+
+@pytest.mark.parametrize("bad", [["--budget", "-1"]])
+def test_controls_rejects_a_negative_budget(bad, tmp_path):
+    with pytest.raises(SystemExit):
+        controls.main([*bad, "--out", str(tmp_path)])
