@@ -143,8 +143,8 @@ def train_supervised(model: torch.nn.Module, train: tuple, val: tuple, budget_s:
             seen += len(idx)
         epoch += 1
         elapsed = time.perf_counter() - start
-        if epoch == 1:  # as many epochs as the budget allows
-            epochs = max(1, min(max_epochs, int(budget_s / elapsed)))
+        if epoch == 1:  # as many epochs as the budget allows, with 5 % to spare for noise
+            epochs = max(1, min(max_epochs, int(0.95 * budget_s / elapsed)))
             state["total"] = epochs * steps_per_epoch
         rows.append({"epoch": epoch, "loss": round(loss.item(), 4),
                      "train_top1": round(100 * correct / max(1, seen), 2),

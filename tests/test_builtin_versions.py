@@ -134,3 +134,22 @@ def test_config_builtin_version_is_checked():
     assert load_config(None, ["data.builtin_version=1"]).data.builtin_version == 1
     with pytest.raises(SelfPatchError, match="data.builtin_version"):
         load_config(None, ["data.builtin_version=3"])
+
+
+def test_eval_builtin_version_picks_the_build(monkeypatch):
+    import selfpatch.data.builtin as builtin
+    from selfpatch.evaluate.options import EvalOptions
+
+    seen = []
+
+    def fake(spec=None, **kwargs):
+        seen.append(spec.version)
+        return build_module.data_paths(build_module.default_root() / spec.dir_name())
+
+    monkeypatch.setattr(builtin, "ensure_builtin", fake)
+    assert EvalOptions().data("knn").root.parent.name == "fashion-scenes-v2-seed0"
+    assert EvalOptions(builtin_version=1).data("seg").root.parent.name == (
+        "fashion-scenes-v1-seed0")
+    assert seen == [2, 1]
+    with pytest.raises(SelfPatchError, match="--builtin-version"):
+        EvalOptions(builtin_version=3).validate()

@@ -51,6 +51,9 @@ def _common(p: argparse.ArgumentParser, several: bool = False) -> None:
     p.add_argument("--data-root", default=None,
                    help="folder holding real data sets (DAVIS/, ADEChallengeData2016/, "
                         "imagenet/); default: the built-in data")
+    p.add_argument("--builtin-version", type=int, default=D.builtin_version, choices=(1, 2),
+                   help="built-in data version when no real data is given (default 2; 1 = "
+                        "the first release, to repeat old results)")
 
 
 def _davis(p: argparse.ArgumentParser, root: bool = True) -> None:

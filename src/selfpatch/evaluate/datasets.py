@@ -37,8 +37,9 @@ class DataChoice:
     class_names: tuple[str, ...] | None = None
 
 
-def builtin_data():
-    """The built-in data (:class:`selfpatch.data.builtin.BuiltinData`), generated on first use."""
+def builtin_data(version: int | None = None):
+    """The built-in data (:class:`selfpatch.data.builtin.BuiltinData`) of ``version`` (default:
+    the latest), generated on first use."""
     try:
         from selfpatch.data.builtin import BuiltinSpec, ensure_builtin
     except ImportError as exc:
@@ -46,11 +47,12 @@ def builtin_data():
             "the built-in data set (selfpatch.data.builtin) is not available; pass real data "
             f"with --davis-root / --seg-root / --knn-root ({exc})"
         ) from exc
-    return ensure_builtin(BuiltinSpec())
+    return ensure_builtin(BuiltinSpec() if version is None else BuiltinSpec.for_version(version))
 
 
 def choose_data(task: str, explicit: str | Path | None = None,
-                data_root: str | Path | None = None) -> DataChoice:
+                data_root: str | Path | None = None,
+                builtin_version: int | None = None) -> DataChoice:
     """Pick the data for ``task`` (``davis``, ``seg`` or ``knn``).
 
     Precedence: the task's own ``--<task>-root``, then a sub-folder of ``--data-root``, then
@@ -72,7 +74,7 @@ def choose_data(task: str, explicit: str | Path | None = None,
             f"--data-root {base} has none of {', '.join(DATA_ROOT_NAMES[task])} for {task}; "
             f"rename the folder or pass --{task}-root"
         )
-    data = builtin_data()
+    data = builtin_data(builtin_version)
     root = {"davis": data.davis_root, "seg": data.seg_root, "knn": data.knn_root}[task]
     names = tuple(getattr(data, "class_names", ()) or ()) or None
     return DataChoice(root=Path(root), builtin=True, num_classes=int(data.num_classes),

@@ -35,6 +35,7 @@ class EvalOptions:
     threads: int = 0  # torch CPU threads; 0 = one per usable core (selfpatch.runtime)
     batch_size: int = 32
     data_root: str | None = None
+    builtin_version: int = 2  # built-in data version used when no real data is given
     davis_root: str | None = None
     seg_root: str | None = None
     knn_root: str | None = None
@@ -91,6 +92,8 @@ class EvalOptions:
             ("--num-classes", self.num_classes, self.num_classes is None or self.num_classes >= 1,
              "at least 1"),
             ("--knn-k", self.knn_k, self.knn_k >= 1, "at least 1"),
+            ("--builtin-version", self.builtin_version, self.builtin_version in (1, 2),
+             "1 or 2"),
             ("--knn-temperature", self.knn_temperature, self.knn_temperature > 0, "positive"),
             ("--num-images", self.num_images, self.num_images >= 1, "at least 1"),
             ("--fraction", self.fraction, 0 < self.fraction <= 1, "in (0, 1]"),
@@ -102,7 +105,7 @@ class EvalOptions:
     def data(self, task: str) -> DataChoice:
         """The data set of ``davis`` / ``seg`` / ``knn`` under these options."""
         explicit = {"davis": self.davis_root, "seg": self.seg_root, "knn": self.knn_root}[task]
-        return choose_data(task, explicit, self.data_root)
+        return choose_data(task, explicit, self.data_root, self.builtin_version)
 
     def propagation(self, builtin: bool, patch_size: int = 8) -> PropagationSettings:
         """Propagation settings, with the frame size resolved for the data set kind.
