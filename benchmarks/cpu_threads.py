@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import write_result  # benchmarks/ is on sys.path when run as a script
+
 from selfpatch.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -111,10 +113,7 @@ def main() -> None:
                                                  "ATEN_CPU_CAPABILITY",
                                                  "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
               "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ two agree exactly. Needs ``opencv-python-headless`` and ``scikit-image`` (``pip 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
+from results_io import write_result  # benchmarks/ is on sys.path when run as a script
 
 from selfpatch.evaluate.jf import BOUND_TH, boundary_f_measure, boundary_map
 from selfpatch.runtime import cpu_name
@@ -120,10 +120,7 @@ def main() -> None:
     result = {"frames": t, "height": h, "width": w, "threads": 1, "repeats": args.repeats,
               "cpu": cpu_name(), "numpy": np.__version__, "opencv": cv2.__version__,
               "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
