@@ -36,10 +36,10 @@ from torchvision.transforms import v2
 from selfpatch.data.builtin import BuiltinSpec, ensure_builtin
 from selfpatch.data.builtin.build import data_paths
 from selfpatch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from selfpatch.evaluate.features import read_rgb
 from selfpatch.evaluate.knn import evaluate_knn, list_image_folder
 from selfpatch.evaluate.options import builtin_size
 from selfpatch.evaluate.seg import ProbeSettings, evaluate_seg
+from selfpatch.io import read_rgb
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
 from selfpatch.models.export import write_backbone
 from selfpatch.models.loading import load_backbone

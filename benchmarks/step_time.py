@@ -1,7 +1,8 @@
 """Training-step time, peak memory and FLOPs of ``dino`` vs ``dino+selfpatch``.
 
-One step is what the trainer does per batch: teacher + student forward under autocast, loss,
-backward (through a GradScaler), per-parameter clipping, AdamW, EMA teacher update. The
+One step is the trainer's own ``train_step`` (imported, not copied): teacher + student
+forward under autocast, loss, backward (through a GradScaler), per-parameter clipping, AdamW,
+EMA teacher update. The
 views are random tensors of the setting's crop sizes (data loading is measured apart, see
 ``--loader``). Usage, from the repository root::
 
@@ -29,7 +30,6 @@ allocator's counters; CPU: the profiler's allocation events over one extra step)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -46,7 +46,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from selfpatch.config import Config, load_config
 from selfpatch.methods.teacher_student import TeacherStudent
-from selfpatch.train.optim import build_optimizer, clip_gradients_per_parameter
+from selfpatch.train.factory import build_teacher_student
+from selfpatch.train.optim import build_optimizer
+from selfpatch.train.trainer import train_step as trainer_step
 
 METHODS = ("dino", "dino+selfpatch")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,13 +97,11 @@ def build_variant(setting: str, arch: str, method: str, mode: str, batch: int,
     cfg = build_config(setting, arch, method, smoke)
     arch = f"{cfg.model.arch}/{cfg.model.patch_size}"
     torch.manual_seed(0)
-    model = TeacherStudent(cfg).to(device)
+    model = build_teacher_student(cfg).to(device)
     if mode.endswith("+compile"):
         model.student.backbone.compile(backend=backend)  # as the trainer (run.compile)
         model.teacher.backbone.compile(backend=backend)
     optimizer = build_optimizer(model.student, device)
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-5  # real updates, as in training (lr 0 could take shortcuts)
     precision = mode.split("+")[0]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     d = cfg.data
@@ -115,19 +115,16 @@ def build_variant(setting: str, arch: str, method: str, mode: str, batch: int,
 
 
 def train_step(v: Variant) -> None:
-    """The trainer's step (trainer._pretrain), minus data loading and logging."""
+    """The trainer's own step (``selfpatch.train.trainer.train_step``) on fixed views.
+
+    Real updates (lr 1e-5: lr 0 could take shortcuts), clipping at DINO's 3.0, the last layer
+    not frozen (the steady state after the first epoch).
+    """
     amp = (torch.autocast(v.views[0].device.type, dtype=AMP[v.precision])
-           if v.precision in AMP else contextlib.nullcontext())
-    with amp:
-        loss, _ = v.model(v.views, 0.04)
-    v.optimizer.zero_grad(set_to_none=True)
-    v.scaler.scale(loss).backward()
-    v.scaler.unscale_(v.optimizer)
-    clip_gradients_per_parameter([p for p in v.model.student.parameters() if p.requires_grad],
-                                 3.0)
-    v.scaler.step(v.optimizer)
-    v.scaler.update()
-    v.model.update_teacher(0.996)
+           if v.precision in AMP else None)
+    trainer_step(v.model, v.views, v.optimizer, v.scaler, lr=1e-5, weight_decay=0.04,
+                 momentum=0.996, teacher_temp=0.04, clip_grad=3.0, freeze_last_layer=False,
+                 amp=amp)
 
 
 def sync(device: torch.device) -> None:

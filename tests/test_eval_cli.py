@@ -78,8 +78,8 @@ def test_eval_all_writes_report_with_every_metric_and_picture(data, tmp_path, ca
 
 def _fake_run(run: Path) -> None:
     """A run directory with a training checkpoint as `selfpatch pretrain` writes it."""
+    from selfpatch.checkpoint import CHECKPOINT_FORMAT
     from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
-    from selfpatch.models.loading import CHECKPOINT_FORMAT
 
     spec = make_backbone_spec("vit_tiny", patch_size=8)
     vit = ViTBackbone(spec).vit

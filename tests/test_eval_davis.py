@@ -52,7 +52,7 @@ def score(gt: np.ndarray, pred: np.ndarray) -> dict:
 def test_translated_video_is_propagated_exactly(radius):
     feats, labels = translated_video()
     first = torch.nn.functional.one_hot(labels[0], 3).permute(2, 0, 1).float()
-    soft = propagate_labels(feats, first, PropagationSettings(radius=radius))
+    soft = propagate_labels(feats, first, PropagationSettings(size_mask_neighborhood=radius))
     assert soft.shape == (8, 3, 16, 16)
     assert torch.equal(soft.argmax(1), labels)
     # Scored at patch resolution the answer is exact.

@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from selfpatch.data.transforms import GpuMultiCrop, multicrop_config
+from selfpatch.data.transforms import GpuMultiCrop
 from selfpatch.train import trainer
+from selfpatch.train.factory import multicrop_config
 from selfpatch.train.trainer import augment_seed, device_views, pretrain
 from test_train import cfg_for, read_metrics
 

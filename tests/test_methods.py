@@ -23,6 +23,7 @@ from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.models.aggregation import ClassAttentionAggregator, MeanAggregator
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
 from selfpatch.models.heads import DINOHead
+from selfpatch.train.factory import build_teacher_student
 
 RADIUS = {"3x3": 1, "5x5": 2}
 
@@ -149,12 +150,19 @@ def small_backbone(method: str, drop_path: float) -> ViTBackbone:
     return ViTBackbone(spec, drop_path_rate=drop_path)
 
 
-def make_ts(method: str = "dino+selfpatch", seed: int = 0, drop_path: float = 0.1,
-            **selfpatch) -> TeacherStudent:
+def make_ts_cfg(method: str = "dino+selfpatch", seed: int = 0, drop_path: float = 0.1,
+                center_views: str = "global", **selfpatch) -> tuple[TeacherStudent, Config]:
+    """The model and the config it was built from (by the trainer's factory)."""
     cfg = tiny_cfg(method, **selfpatch)
     cfg.model.drop_path = drop_path
+    cfg.dino.center_views = center_views
     torch.manual_seed(seed)
-    return TeacherStudent(cfg, backbone=small_backbone(method, drop_path))
+    return build_teacher_student(cfg, backbone=small_backbone(method, drop_path)), cfg
+
+
+def make_ts(method: str = "dino+selfpatch", seed: int = 0, drop_path: float = 0.1,
+            **selfpatch) -> TeacherStudent:
+    return make_ts_cfg(method, seed, drop_path, **selfpatch)[0]
 
 
 # ----------------------------------------------------------------------------- neighbours
@@ -672,7 +680,7 @@ def test_last_layer_parameters_are_exactly_the_heads_last_layers(method):
 def test_default_backbone_has_cls_token_only_for_dino(method):
     """Built from the config alone: DINO keeps timm's [CLS]; SelfPatch drops it (h makes y)."""
     torch.manual_seed(0)
-    ts = TeacherStudent(tiny_cfg(method))
+    ts = build_teacher_student(tiny_cfg(method))
     vit = ts.student.backbone.vit
     assert (vit.cls_token is not None) is (method == "dino")
     assert ts.student.backbone.grid_shape(32, 16) == (4, 2)
@@ -704,8 +712,8 @@ def test_zero_patch_weight_gives_pure_image_loss():
     """lambda = 0: no patch loss, loss == image loss == the lambda = 0.1 model's image loss."""
     ts = make_ts("dino+selfpatch", drop_path=0.0)
     ts0 = copy.deepcopy(ts)
-    ts0.cfg.selfpatch.loss_weight = 0.0
-    assert ts.cfg.selfpatch.loss_weight == pytest.approx(0.1)
+    ts0.selfpatch.loss_weight = 0.0
+    assert ts.selfpatch.loss_weight == pytest.approx(0.1)
     views = tiny_views()
     loss, stats = ts(views, teacher_temp=0.04)
     loss0, stats0 = ts0(views, teacher_temp=0.04)
@@ -714,17 +722,18 @@ def test_zero_patch_weight_gives_pure_image_loss():
     assert float(stats0["image_loss"]) == pytest.approx(float(stats["image_loss"]), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(
         float(stats["image_loss"]) + 0.1 * float(stats["patch_loss"]), rel=1e-5)
-    assert float(ts0.patch_loss.center.abs().sum()) == 0.0  # the unused centre never moves
+    # the unused centre never moves
+    assert float(ts0.selfpatch.patch_loss.center.abs().sum()) == 0.0
 
 
-def _hand_step(ts: TeacherStudent, views: list[torch.Tensor], t_temp: float) -> dict:
+def _hand_step(ts: TeacherStudent, cfg: Config, views: list[torch.Tensor],
+               t_temp: float) -> dict:
     """The whole method for one step, written out per view from the networks' parts.
 
     Image representation: the backbone's [CLS] (DINO) or the aggregator over all patch tokens;
     patch targets: the aggregator over only the *real* brute-force positives of each patch
     (no padding, no mask), so equality also checks that padded slots are fully masked.
     """
-    cfg = ts.cfg
     sp = cfg.selfpatch
     selfpatch = ts.use_selfpatch
     s_temp = cfg.dino.student_temp
@@ -788,11 +797,10 @@ def test_forward_equals_hand_written_step(method, selfpatch, center_views):
     settings = {"k": 4, "border": "valid", "neighbourhood": "3x3", "local_crops": True}
     settings.update(selfpatch)
     n_views = settings.pop("n_views", 4)
-    ts = make_ts(method, drop_path=0.0, **settings)
-    ts.cfg.dino.center_views = center_views
+    ts, cfg = make_ts_cfg(method, drop_path=0.0, center_views=center_views, **settings)
     ts.train()
     views = tiny_views(seed=11)[:n_views]
-    want = _hand_step(ts, views, 0.05)
+    want = _hand_step(ts, cfg, views, 0.05)
     loss, stats = ts(views, teacher_temp=0.05)
     assert float(stats["image_loss"]) == pytest.approx(float(want["image_loss"]), rel=1e-4)
     rows = torch.cat(want["t_img_center"]).double()
@@ -808,8 +816,8 @@ def test_forward_equals_hand_written_step(method, selfpatch, center_views):
     n_patch_views = n_views if settings["local_crops"] else 2
     assert len(want["t_patch"]) == n_patch_views
     assert patch_rows.shape[0] == 2 * (16 + 16 + (4 + 4 if n_patch_views == 4 else 0))
-    torch.testing.assert_close(ts.patch_loss.center[0].double(), 0.1 * patch_rows.mean(dim=0),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ts.selfpatch.patch_loss.center[0].double(),
+                               0.1 * patch_rows.mean(dim=0), rtol=1e-4, atol=1e-6)
 
 
 def test_diagnostics_do_not_change_the_loss():

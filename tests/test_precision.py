@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.runtime import AMP_DTYPES
+from selfpatch.train.factory import build_teacher_student
 from selfpatch.train.trainer import pretrain
 from test_train import cfg_for, read_metrics
 
@@ -59,7 +59,7 @@ def test_amp_run_checkpoint_and_exact_resume(images, tmp_path, precision):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_reaches_the_backbone_and_keeps_losses_float32(images, tmp_path, precision):
     cfg = cfg_for(images, tmp_path / "r", f"run.precision={precision}")
-    model = TeacherStudent(cfg)
+    model = build_teacher_student(cfg)
     seen = []
     handle = model.student.backbone.vit.blocks[0].attn.qkv.register_forward_hook(
         lambda mod, inp, out: seen.append(out.dtype))

@@ -58,14 +58,14 @@ def read_metrics(run: Path) -> list[dict]:
 
 def fixed_views(images: Path, cfg) -> list[torch.Tensor]:
     from selfpatch.data.folder import ImageFolderDataset
-    from selfpatch.data.seeded import SeededViews, collate_views
-    from selfpatch.data.transforms import MultiCropConfig, MultiCropTransform
+    from selfpatch.data.seeded import SeededViews
+    from selfpatch.data.transforms import MultiCropConfig, MultiCropTransform, multicrop_collate
 
     d = cfg.data
     transform = MultiCropTransform(MultiCropConfig(d.global_size, tuple(d.global_scale),
                                                    d.local_size, tuple(d.local_scale), d.n_local))
     data = SeededViews(ImageFolderDataset(images), transform, seed=123)
-    return collate_views([data[(0, i)] for i in range(16)])[0]
+    return multicrop_collate([data[(0, i)] for i in range(16)])[0]
 
 
 def test_short_run_learns_and_writes_run_dir(images, tmp_path):
@@ -75,7 +75,7 @@ def test_short_run_learns_and_writes_run_dir(images, tmp_path):
     bias, so the logged value rises towards log K); the fair check of optimisation is the
     same loss, same targets (trained teacher and centres), initial vs trained student.
     """
-    from selfpatch.methods.teacher_student import TeacherStudent
+    from selfpatch.train.factory import build_teacher_student
 
     cfg = cfg_for(images, tmp_path / "run", "optim.epochs=8", "model.drop_path=0",
                   "optim.base_lr=0.05", "run.keep_every=3")
@@ -97,8 +97,8 @@ def test_short_run_learns_and_writes_run_dir(images, tmp_path):
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
 
     torch.manual_seed(cfg.run.seed)
-    initial_student = TeacherStudent(cfg).student.state_dict()  # the run's starting point
-    trained = TeacherStudent(cfg)
+    initial_student = build_teacher_student(cfg).student.state_dict()  # the run's start
+    trained = build_teacher_student(cfg)
     trained.load_state_dict(torch.load(run / "checkpoints" / "last.pt",
                                        weights_only=True)["model"])
     views = fixed_views(images, cfg)
@@ -248,3 +248,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeyp
         pretrain(cfg_for(images, tmp_path / "run", "optim.epochs=3"), resume=True)
     after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert after["step"] == good["step"] == 4
+
+
+def test_version_1_checkpoints_resume_and_evaluate(images, tmp_path):
+    """A checkpoint in the first format (patch centre at ``patch_loss.center``) still resumes
+    to the same result as the current format, and loads for evaluation; a format from the
+    future is refused in one line."""
+    from selfpatch.checkpoint import CHECKPOINT_VERSION, load_training_checkpoint
+    from selfpatch.models.loading import load_image_embedder
+
+    runs = {}
+    for name in ("current", "old"):
+        runs[name] = pretrain(cfg_for(images, tmp_path / name, "optim.epochs=1"))
+    path = runs["old"] / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["version"] == CHECKPOINT_VERSION == 2
+    centre = ckpt["model"].pop("selfpatch.patch_loss.center")
+    assert float(centre.abs().sum()) > 0  # a real, moved centre must survive the migration
+    ckpt["model"]["patch_loss.center"] = centre
+    ckpt["version"] = 1
+    torch.save(ckpt, path)
+    assert torch.equal(load_training_checkpoint(path)["model"]["selfpatch.patch_loss.center"],
+                       centre)
+    for name in runs:
+        pretrain(cfg_for(images, tmp_path / name, "optim.epochs=2"), resume=True)
+    a = torch.load(runs["current"] / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(runs["old"] / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    embedder = load_image_embedder(runs["old"])
+    assert embedder.kind == "aggregator"
+    ckpt["version"] = 3
+    torch.save(ckpt, path)
+    with pytest.raises(SelfPatchError, match="format version 3, newer"):
+        load_training_checkpoint(path)

@@ -41,7 +41,7 @@ class SelfPatchConfig:
     k: int = 4  # positives per patch
     aggregation: str = "attention"  # attention (CaiT class-attention) | mean (ablation)
     aggregation_depth: int = 2
-    out_dim: int = 4096  # g' prototypes
+    out_dim: int = 4096  # g' prototypes; g' takes its MLP widths, norm and temperature from dino.*
     loss_weight: float = 0.1  # lambda
     center_momentum: float = 0.9  # the patch loss's own centre
     local_crops: bool = True  # apply the patch loss to local crops too (as the reference)
@@ -328,9 +328,6 @@ def validate(cfg: Config) -> None:
     if cfg.data.builtin_version not in (1, 2):
         raise bad("data.builtin_version", f"{cfg.data.builtin_version} is not a built-in data "
                   "version; use 2 (default) or 1 (the first release)")
-    from selfpatch.data.transforms import multicrop_config
-
-    multicrop_config(cfg.data)  # crop sizes, scales and colour settings: one-line errors
     if cfg.optim.batch_size < 1:
         raise bad("optim.batch_size", "must be >= 1")
     if cfg.optim.epochs < 1:
@@ -350,8 +347,8 @@ def validate(cfg: Config) -> None:
     if cfg.selfpatch.loss_weight < 0:
         raise bad("selfpatch.loss_weight", "must be >= 0")
     if cfg.uses_selfpatch:
-        from selfpatch.methods.neighbours import build_neighbour_table
-        from selfpatch.models.aggregation import build_aggregator  # noqa: F401 - name check
+        # Whether k fits each grid's neighbourhood is checked where SelfPatch is built
+        # (train.factory.check_buildable, called before any data or weights are touched).
         if cfg.selfpatch.aggregation not in ("attention", "mean"):
             raise bad("selfpatch.aggregation", "must be attention or mean")
         if p:
@@ -363,9 +360,3 @@ def validate(cfg: Config) -> None:
                     raise bad("data.global_size" if size == cfg.data.global_size else
                               "data.local_size", f"{size}px crops give a {g}x{g} patch grid; "
                               "SelfPatch needs at least 2x2 patches (larger crops or patches)")
-                table = build_neighbour_table(g, g, cfg.selfpatch.neighbourhood,
-                                              cfg.selfpatch.border)
-                if cfg.selfpatch.k > table.size:
-                    raise bad("selfpatch.k", f"{cfg.selfpatch.k} is larger than the "
-                              f"{cfg.selfpatch.neighbourhood} neighbourhood ({table.size} "
-                              f"candidates on the {g}x{g} grid of {size}px crops); lower it")

@@ -239,3 +239,23 @@ def apply_threads(requested: int = 0) -> tuple[int, str]:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n, reason
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None,
+                   key: str = "--device") -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` (CUDA when available) as a torch device.
+
+    ``local_rank`` (torchrun) picks this process's GPU for ``cuda``/``auto``; ``key`` names
+    the setting in the one-line error for an unknown name or a missing GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SelfPatchError(f"{key} {name} asked for CUDA but none is available; use cpu or auto")
+    if name == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise SelfPatchError(f"{key} {name!r} is not a device name; use cpu, cuda or auto") \
+            from exc

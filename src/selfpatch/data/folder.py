@@ -30,8 +30,7 @@ from typing import Any
 from PIL import Image
 
 from selfpatch.errors import SelfPatchError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+from selfpatch.io import IMAGE_SUFFIXES, load_rgb
 
 # How many bad paths a one-line report names before it says "...".
 _REPORT_FIRST = 3
@@ -56,26 +55,12 @@ def list_image_files(root: Path) -> list[Path]:
         seen_dirs.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             path = Path(dirpath) / name
             found.append((path.relative_to(root).as_posix(), path))
     found.sort(key=lambda item: item[0])
     return [path for _, path in found]
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` fully into an RGB image; raise whatever PIL raises if it cannot.
-
-    Palette images with a transparent colour go through RGBA first, as PIL asks, so that the
-    conversion neither warns nor picks the wrong colours. Alpha is dropped (not composited):
-    the pixels under it are what the photo holds.
-    """
-    with Image.open(path) as image:
-        image.load()  # decode now, inside the caller's error handling, not lazily later
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        return image.convert("RGB")
 
 
 def _reason(error: BaseException) -> str:
@@ -135,7 +120,7 @@ class ImageFolderDataset:
     """Images below ``root`` as samples ``(transform(image), ok)``; see the module docstring.
 
     Args:
-        root: folder to search recursively for ``IMAGE_EXTENSIONS`` files.
+        root: folder to search recursively for ``IMAGE_SUFFIXES`` files.
         transform: callable applied to the RGB ``PIL.Image`` (e.g. ``MultiCropTransform``,
             which returns a list of ``(3, S, S)`` tensors). ``None`` returns the image.
 
@@ -159,7 +144,7 @@ class ImageFolderDataset:
         if not self.files:
             raise SelfPatchError(
                 f"no image files found under {self.root} (looked for "
-                f"{', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders): "
+                f"{', '.join(IMAGE_SUFFIXES)}, any case, in all subfolders): "
                 "point to a folder that contains images"
             )
         self.bad_files: list[Path] = []

@@ -33,10 +33,3 @@ class SeededViews:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image), ok
-
-
-def collate_views(batch: list[tuple[list[torch.Tensor], bool]]
-                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``[(views, ok)] * B`` -> ``(V tensors (B, 3, S_v, S_v), ok (B,) bool)``."""
-    views = [torch.stack(v) for v in zip(*(item[0] for item in batch), strict=True)]
-    return views, torch.tensor([bool(item[1]) for item in batch])

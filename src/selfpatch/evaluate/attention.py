@@ -33,7 +33,8 @@ from selfpatch.evaluate.davis import (
     propagate_sequence,
     read_annotations,
 )
-from selfpatch.evaluate.features import extract_patch_features, read_rgb, to_normalized_tensor
+from selfpatch.evaluate.features import extract_patch_features, to_normalized_tensor
+from selfpatch.io import read_rgb
 
 #: Query points (row, column) as fractions of the image, used when there is no annotation.
 DEFAULT_QUERY_FRACTIONS = ((0.5, 0.5), (0.3, 0.3), (0.7, 0.7))

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from selfpatch.evaluate.attention import parse_queries
-from selfpatch.evaluate.features import resolve_device
 from selfpatch.evaluate.options import TASKS, EvalOptions
 from selfpatch.evaluate.report import (
     default_out_dir,
@@ -21,7 +20,7 @@ from selfpatch.evaluate.report import (
     run_task,
     summary_metrics,
 )
-from selfpatch.runtime import PRECISIONS, apply_threads
+from selfpatch.runtime import PRECISIONS, apply_threads, resolve_device
 
 #: Defaults shared with the Python API.
 D = EvalOptions()

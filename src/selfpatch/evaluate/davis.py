@@ -9,7 +9,8 @@ The DINO protocol (Caron et al. 2021, ``eval_video_segmentation.py``), re-implem
 3. each later frame takes its labels from a context of the first frame plus the
    ``n_last_frames`` previous frames (their *soft* propagated labels): for every target patch,
    the ``topk`` most similar source patches among all context frames, restricted to a square
-   window of ``radius`` patches, vote with weights ``exp(cos / temperature)`` normalised to 1;
+   window of ``size_mask_neighborhood`` patches, vote with weights ``exp(cos / temperature)``
+   normalised to 1;
 4. the soft labels are upsampled bilinearly by the patch size, min-max normalised per
    channel, arg-maxed, and resized (nearest) to the original frame size.
 
@@ -31,8 +32,9 @@ from PIL import Image
 
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.datasets import image_size, read_label_png
-from selfpatch.evaluate.features import extract_patch_features, read_rgb, to_normalized_tensor
+from selfpatch.evaluate.features import extract_patch_features, to_normalized_tensor
 from selfpatch.evaluate.jf import VOID_LABEL, DavisScores, sequence_scores
+from selfpatch.io import read_rgb
 
 #: Resolution folder of the DAVIS 2017 release used by the protocol.
 RESOLUTION = "480p"
@@ -43,7 +45,7 @@ class PropagationSettings:
     """Label-propagation hyper-parameters; defaults are DINO's published ones."""
 
     n_last_frames: int = 7
-    radius: int = 12  # DINO's size_mask_neighborhood, in patches (0 = unrestricted)
+    size_mask_neighborhood: int = 12  # window radius in patches, DINO's name (0 = unrestricted)
     topk: int = 5
     temperature: float = 0.1
     short_side: int | None = None  # None: native frame size; 480 for real DAVIS
@@ -247,7 +249,8 @@ def propagate_labels(features: torch.Tensor, first_labels: torch.Tensor,
     """
     t_frames, h, w, d = features.shape
     feats = F.normalize(features.reshape(t_frames, h * w, d).float(), dim=-1)
-    mask = neighbourhood_mask(h, w, settings.radius) if settings.radius > 0 else None
+    mask = (neighbourhood_mask(h, w, settings.size_mask_neighborhood)
+            if settings.size_mask_neighborhood > 0 else None)
     soft = [first_labels.reshape(first_labels.shape[0], h * w).float()]
     previous: list[int] = []
     for t in range(1, t_frames):

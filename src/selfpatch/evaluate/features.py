@@ -9,7 +9,6 @@ is that one piece; the protocols only decide which images go in and what to do w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,28 +19,6 @@ from selfpatch.errors import SelfPatchError
 
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.array(IMAGENET_STD, dtype=np.float32)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` (CUDA when available) as a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SelfPatchError(f"--device {name} asked for CUDA but none is available; use cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise SelfPatchError(f"--device {name!r} is not a device name; use cpu, cuda or auto") \
-            from exc
-
-
-def read_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, turning unreadable files into a one-line error."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise SelfPatchError(f"cannot read image {path}: {exc}; replace or remove it") from exc
 
 
 def to_normalized_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -24,11 +24,9 @@ from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.features import (
     extract_embeddings,
     mean_pooled_embedder,
-    read_rgb,
     to_normalized_tensor,
 )
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from selfpatch.io import IMAGE_SUFFIXES, read_rgb
 
 
 def list_image_folder(root: str | Path, split: str,

@@ -44,7 +44,7 @@ class EvalOptions:
     sequences: list[str] | None = None
     short_side: int | None = None  # None: native for built-in, 480 for real; 0: native
     n_last_frames: int = PropagationSettings.n_last_frames
-    size_mask_neighborhood: int = PropagationSettings.radius
+    size_mask_neighborhood: int = PropagationSettings.size_mask_neighborhood
     topk: int = PropagationSettings.topk
     davis_temperature: float = PropagationSettings.temperature
     # segmentation probe
@@ -119,7 +119,8 @@ class EvalOptions:
         elif short == 0:
             short = None
         return PropagationSettings(n_last_frames=self.n_last_frames,
-                                   radius=self.size_mask_neighborhood, topk=self.topk,
+                                   size_mask_neighborhood=self.size_mask_neighborhood,
+                                   topk=self.topk,
                                    temperature=self.davis_temperature, short_side=short)
 
     def probe(self, builtin: bool, patch_size: int = 8) -> ProbeSettings:

@@ -27,12 +27,17 @@ from selfpatch.config import flatten_dict
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.attention import evaluate_attention
 from selfpatch.evaluate.davis import evaluate_davis
-from selfpatch.evaluate.features import resolve_device
 from selfpatch.evaluate.knn import evaluate_knn
 from selfpatch.evaluate.options import TASKS, EvalOptions
 from selfpatch.evaluate.seg import evaluate_seg
 from selfpatch.models.backbone import ViTBackbone
-from selfpatch.runtime import PrecisionChoice, apply_threads, cpu_name, resolve_precision
+from selfpatch.runtime import (
+    PrecisionChoice,
+    apply_threads,
+    cpu_name,
+    resolve_device,
+    resolve_precision,
+)
 
 #: Report table columns: (key in the metrics dict, header).
 COLUMNS = (("J&F", "J&F"), ("J", "J"), ("F", "F"), ("mIoU", "mIoU"), ("aAcc", "aAcc"),
@@ -283,7 +288,8 @@ def render_markdown(report: dict, out_dir: Path) -> str:
             f"- **DAVIS label propagation** ({s['root']}, split {s['split']}, "
             f"{first['davis']['num_sequences']} videos, {first['davis']['num_frames']} frames): "
             f"{s['features']}; context = first frame + {s['n_last_frames']} previous, "
-            f"window {s['radius']} patches, top-{s['topk']}, temperature {s['temperature']}, "
+            f"window {s['size_mask_neighborhood']} patches, top-{s['topk']}, "
+            f"temperature {s['temperature']}, "
             f"short side {s['short_side'] or 'native'}; J/F as davis2017-evaluation "
             f"(bound_th {s['bound_th']}, frames 1..T-2).")
     if "seg" in first:

@@ -30,13 +30,13 @@ from torch import nn
 
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.datasets import read_label_png
-from selfpatch.evaluate.features import extract_patch_features, read_rgb, to_normalized_tensor
+from selfpatch.evaluate.features import extract_patch_features, to_normalized_tensor
+from selfpatch.io import IMAGE_SUFFIXES, read_rgb
 
 #: Label value ignored by the loss and the metrics (after the zero-label reduction).
 IGNORE_INDEX = 255
 #: ADE20K split folder names.
 SPLITS = {"train": "training", "val": "validation"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass

@@ -48,30 +48,32 @@ def _offsets(radius: int) -> list[tuple[int, int]]:
             if (dy, dx) != (0, 0)]
 
 
-def build_neighbour_table(h: int, w: int, kind: str = "3x3",
+def build_neighbour_table(h: int, w: int, neighbourhood: str = "3x3",
                           border: str = "valid") -> NeighbourTable:
     """Build the table for an ``h x w`` grid (CPU tensors).
 
     Args:
-        kind: ``3x3`` (8 candidates), ``5x5`` (24) or ``all`` (every other patch, ``N - 1``).
+        neighbourhood: ``3x3`` (8 candidates), ``5x5`` (24) or ``all`` (every other patch,
+            ``N - 1``).
         border: ``valid`` masks candidates outside the grid; ``wrap`` takes them modulo the
             grid size on both axes (a torus), as the reference implementation's tables do
             (on grids smaller than the window, self and repeated candidates are masked).
     """
-    if kind not in NEIGHBOURHOODS:
-        raise SelfPatchError(f"selfpatch.neighbourhood={kind!r} is not one of {NEIGHBOURHOODS}")
+    if neighbourhood not in NEIGHBOURHOODS:
+        raise SelfPatchError(
+            f"selfpatch.neighbourhood={neighbourhood!r} is not one of {NEIGHBOURHOODS}")
     if border not in BORDER_MODES:
         raise SelfPatchError(f"selfpatch.border={border!r} is not one of {BORDER_MODES}")
     if h < 1 or w < 1:
         raise SelfPatchError(f"patch grid {h}x{w} is empty; use larger crops")
     n = h * w
     flat = torch.arange(n)
-    if kind == "all":
+    if neighbourhood == "all":
         # Every other patch: row i lists 0..N-1 without i; all slots are real.
         index = torch.stack([torch.cat([flat[:i], flat[i + 1:]]) for i in range(n)]) if n > 1 \
             else torch.zeros(1, 0, dtype=torch.long)
         return NeighbourTable(index, torch.ones_like(index, dtype=torch.bool), (h, w))
-    radius = 1 if kind == "3x3" else 2
+    radius = 1 if neighbourhood == "3x3" else 2
     offs = torch.tensor(_offsets(radius))  # (M, 2)
     rows = (flat // w)[:, None] + offs[None, :, 0]  # (N, M)
     cols = (flat % w)[:, None] + offs[None, :, 1]
@@ -91,12 +93,12 @@ def build_neighbour_table(h: int, w: int, kind: str = "3x3",
 
 
 @lru_cache(maxsize=64)
-def _cached(h: int, w: int, kind: str, border: str, device: str) -> NeighbourTable:
-    t = build_neighbour_table(h, w, kind, border)
+def _cached(h: int, w: int, neighbourhood: str, border: str, device: str) -> NeighbourTable:
+    t = build_neighbour_table(h, w, neighbourhood, border)
     return NeighbourTable(t.index.to(device), t.valid.to(device), t.grid)
 
 
-def neighbour_table(h: int, w: int, kind: str = "3x3", border: str = "valid",
+def neighbour_table(h: int, w: int, neighbourhood: str = "3x3", border: str = "valid",
                     device: torch.device | str = "cpu") -> NeighbourTable:
     """Cached :func:`build_neighbour_table` on ``device`` (one table per grid shape and mode)."""
-    return _cached(int(h), int(w), kind, border, str(torch.device(device)))
+    return _cached(int(h), int(w), neighbourhood, border, str(torch.device(device)))

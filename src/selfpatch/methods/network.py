@@ -35,6 +35,18 @@ class SSLNetwork(nn.Module):
             raise ValueError("the backbone has no [CLS] token and the network no aggregator")
         return cls
 
+    def encode(self, views: list[torch.Tensor], start: int, end: int
+               ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[int, int]]:
+        """Views ``start:end`` (equal size ``S``) as one batch through the backbone.
+
+        Returns ``(cls (nB, D) | None, tokens (nB, N, D), grid (h, w))`` with ``n = end -
+        start``; row ``i * B + b`` is image ``b`` of view ``start + i``. Teacher and student
+        both encode through here.
+        """
+        x = torch.cat(views[start:end]) if end - start > 1 else views[start]
+        cls, tokens = self.backbone.forward_tokens(x)
+        return cls, tokens, self.backbone.grid_shape(x.shape[-2], x.shape[-1])
+
     def forward(self, views: list[torch.Tensor], groups: list[tuple[int, int]],
                 n_patch_views: int = 0
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -53,8 +65,7 @@ class SSLNetwork(nn.Module):
         patch_logits: list[torch.Tensor] = []
         first_tokens = None
         for start, end in groups:
-            x = torch.cat(views[start:end]) if end - start > 1 else views[start]
-            cls, tokens = self.backbone.forward_tokens(x)
+            cls, tokens, _ = self.encode(views, start, end)
             image_logits += list(self.image_head(self.image_representation(cls, tokens))
                                  .chunk(end - start))
             if self.patch_head is not None and start < n_patch_views:

@@ -1,11 +1,27 @@
-"""SelfPatch targets: for every patch, its aggregated top-k neighbours (paper Eq. 5).
+"""The SelfPatch objective in one place (paper Sec. 3, Eq. 4-7).
 
-Usable on its own in any training loop::
+For every patch ``i`` of a view, the teacher finds its ``k`` most similar neighbours among the
+adjacent patches (:mod:`~selfpatch.methods.neighbours`, :mod:`~selfpatch.methods.matching`),
+summarises them with the aggregation module ``h`` into a target ``y_i`` (Eq. 5), and the student's
+own patch token ``x_i`` is distilled towards it through the patch head ``g'`` (Eq. 6-7):
 
-    targets = SelfPatchTargets(neighbourhood="3x3", border="valid", k=4)
-    with torch.no_grad():
-        y = targets(teacher_tokens, grid, teacher_aggregator)   # (B, N, D)
-    loss = patch_loss([student_patch_head(student_tokens)], [teacher_patch_head(y)], 0.04)
+    L_SelfPatch = mean over views, images, patches of D(g'_s(x_i), g'_t(h_t(top-k(i))))
+
+with ``D`` DINO's centred, sharpened cross-entropy (:class:`PatchDistillationLoss`, its own
+centre). The total loss is ``L_image + loss_weight * L_SelfPatch`` (Eq. 8); the image-level
+representation itself is ``h`` over all patch tokens (Eq. 4), built by :class:`SSLNetwork`.
+
+Two pieces, usable on their own in any training loop:
+
+- :class:`SelfPatchTargets` (no parameters): tokens -> aggregated positives::
+
+      targets = SelfPatchTargets(neighbourhood="3x3", border="valid", k=4)
+      with torch.no_grad():
+          y = targets(teacher_tokens, grid, teacher_aggregator)   # (B, N, D)
+      loss = patch_loss([student_patch_head(student_tokens)], [teacher_patch_head(y)], 0.04)
+
+- :class:`SelfPatchObjective`: the targets, the patch loss with its centre, the weight and which
+  views take part, plus builders for ``h`` and ``g'`` (what :class:`TeacherStudent` uses).
 """
 
 from __future__ import annotations
@@ -14,8 +30,13 @@ import torch
 from torch import nn
 
 from selfpatch.errors import SelfPatchError
+from selfpatch.methods.losses import PatchDistillationLoss
 from selfpatch.methods.matching import gather_positives, match_positives
 from selfpatch.methods.neighbours import BORDER_MODES, NEIGHBOURHOODS, neighbour_table
+from selfpatch.models.aggregation import build_aggregator
+from selfpatch.models.heads import DINOHead
+
+N_GLOBAL = 2  # the first two views of a multi-crop list are the global crops
 
 
 class SelfPatchTargets(nn.Module):
@@ -61,3 +82,91 @@ class SelfPatchTargets(nn.Module):
         self.last_valid_share = valid.float().mean()
         out = aggregator(gathered.reshape(b * n, self.k, d), valid.reshape(b * n, self.k))
         return out.reshape(b, n, d)
+
+
+class SelfPatchObjective(nn.Module):
+    """Patch-level objective: targets, loss, centre, weight and the views it covers.
+
+    Args:
+        neighbourhood, border, k: the positives (see :class:`SelfPatchTargets`).
+        aggregation, aggregation_depth: ``h`` (``attention`` = CaiT class-attention blocks,
+            ``mean`` = the no-attention ablation).
+        out_dim, hidden_dim, bottleneck_dim, norm_last_layer: the patch head ``g'`` (a
+            :class:`DINOHead`, ``(..., D) -> (..., out_dim)``).
+        student_temp, center_momentum: of the patch loss (its centre is separate from the
+            image loss's).
+        loss_weight: lambda in ``L_image + lambda * L_SelfPatch``; 0 turns the patch loss off
+            (``h`` still forms the image representation).
+        local_crops: whether local crops get a patch loss too (the authors' code: yes).
+    """
+
+    def __init__(self, *, neighbourhood: str = "3x3", border: str = "valid", k: int = 4,
+                 aggregation: str = "attention", aggregation_depth: int = 2,
+                 out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 norm_last_layer: bool = True, student_temp: float = 0.1,
+                 center_momentum: float = 0.9, loss_weight: float = 0.1,
+                 local_crops: bool = True) -> None:
+        super().__init__()
+        if loss_weight < 0:
+            raise SelfPatchError(f"selfpatch.loss_weight={loss_weight} must be >= 0")
+        if aggregation not in ("attention", "mean"):
+            raise SelfPatchError(
+                f"selfpatch.aggregation={aggregation!r} is not one of ('attention', 'mean')")
+        self.targets = SelfPatchTargets(neighbourhood, border, k)
+        self.patch_loss = PatchDistillationLoss(out_dim, student_temp, center_momentum)
+        self.loss_weight, self.local_crops = loss_weight, local_crops
+        self.aggregation, self.aggregation_depth = aggregation, aggregation_depth
+        self.head_args = dict(out_dim=out_dim, hidden_dim=hidden_dim,
+                              bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer)
+
+    def build_aggregator(self, dim: int, num_heads: int) -> nn.Module:
+        """``h``: ``(S, L, D), (S, L) mask -> (S, D)``."""
+        return build_aggregator(self.aggregation, dim, num_heads, self.aggregation_depth)
+
+    def build_patch_head(self, dim: int) -> nn.Module:
+        """``g'``: ``(..., dim) -> (..., out_dim)``."""
+        return DINOHead(dim, **self.head_args)
+
+    @property
+    def active(self) -> bool:
+        """Whether the patch loss is computed at all (``loss_weight > 0``)."""
+        return self.loss_weight > 0
+
+    def n_patch_views(self, n_views: int) -> int:
+        """How many of the first views get a patch loss: all, or only the 2 global ones."""
+        return n_views if self.local_crops else min(n_views, N_GLOBAL)
+
+    def check_grids(self, grids: list[tuple[int, int]]) -> None:
+        """Raise a clear error if any patch grid is too small for ``k`` (before training)."""
+        for h, w in grids:
+            if h < 2 or w < 2:
+                raise SelfPatchError(f"a {h}x{w} patch grid is too small: SelfPatch needs at "
+                                     "least 2x2 patches (larger crops or smaller patches)")
+            self.targets.check_grid(h, w)
+
+    @torch.no_grad()
+    def teacher_logits(self, teacher: nn.Module, tokens: torch.Tensor, grid: tuple[int, int],
+                       n_views: int) -> list[torch.Tensor]:
+        """Targets for ``n_views`` views encoded together: ``tokens (n_views*B, N, D)`` of the
+        teacher -> ``n_views`` x ``(B, N, K')`` teacher patch logits ``g'_t(h_t(top-k))``."""
+        y = self.targets(tokens, grid, teacher.aggregator)  # (n_views*B, N, D)
+        return list(teacher.patch_head(y).chunk(n_views))
+
+    @torch.no_grad()
+    def batch_center(self, teacher_logits: list[torch.Tensor]) -> torch.Tensor:
+        """``(1, K')`` mean teacher output of this step (applied by :meth:`after_step`)."""
+        return self.patch_loss.batch_center(teacher_logits)
+
+    def forward(self, student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor],
+                teacher_temp: float) -> torch.Tensor:
+        """``L_SelfPatch`` over per-view ``(B, N_v, K')`` logits (same view on both sides).
+
+        Releases the list entries as it goes (each view's logits are the largest tensors of
+        the step): the caller must not hold other references to them.
+        """
+        return self.patch_loss(student_logits, teacher_logits, teacher_temp, release=True)
+
+    @torch.no_grad()
+    def after_step(self, batch_center: torch.Tensor) -> None:
+        """Move the patch centre (after the loss has used it, as DINO does)."""
+        self.patch_loss.apply_center(batch_center)

@@ -15,24 +15,9 @@ import math
 import torch
 from torch import nn
 
-from selfpatch.config import Config
 from selfpatch.errors import SelfPatchError
-from selfpatch.methods.dino import IMAGE_OBJECTIVES
-from selfpatch.methods.losses import PatchDistillationLoss
 from selfpatch.methods.network import SSLNetwork
-from selfpatch.methods.selfpatch import SelfPatchTargets
-from selfpatch.models.aggregation import build_aggregator
-from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
-from selfpatch.models.heads import DINOHead
-
-N_GLOBAL = 2
-
-
-def build_backbone(cfg: Config) -> ViTBackbone:
-    """The student backbone named by ``cfg.model`` (DINO keeps a [CLS] token, SelfPatch not)."""
-    spec = make_backbone_spec(cfg.model.arch, cfg.model.patch_size, cfg.data.global_size,
-                              class_token=not cfg.uses_selfpatch)
-    return ViTBackbone(spec, drop_path_rate=cfg.model.drop_path)
+from selfpatch.methods.selfpatch import N_GLOBAL, SelfPatchObjective
 
 
 def _group_by_size(views: list[torch.Tensor]) -> list[tuple[int, int]]:
@@ -46,37 +31,45 @@ def _group_by_size(views: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 
 class TeacherStudent(nn.Module):
-    """Student + EMA teacher + the image-level objective + (optionally) SelfPatch."""
+    """Student + EMA teacher + the image-level objective + (optionally) SelfPatch.
 
-    def __init__(self, cfg: Config, backbone: nn.Module | None = None) -> None:
+    Args:
+        backbone: the student backbone ``f`` (``forward_tokens``, ``grid_shape``,
+            ``embed_dim``, ``num_heads``; e.g. :class:`~selfpatch.models.backbone.ViTBackbone`);
+            the teacher is a copy. SelfPatch backbones usually have no [CLS] token.
+        objective: the image-level objective (e.g. :class:`~selfpatch.methods.dino.DINOObjective`):
+            builds the head ``g``, computes the image loss, updates its state after a step.
+        selfpatch: the patch-level objective; ``None`` = the image objective alone (plain DINO).
+            When given, the image representation is ``h`` over all patch tokens.
+        center_views: ``global`` (DINO: the image centre sees the 2 global views) or ``all``
+            (the SelfPatch authors' code: every view).
+
+    ``train.factory.build_teacher_student(cfg)`` builds one from a config.
+    """
+
+    def __init__(self, backbone: nn.Module, objective: nn.Module,
+                 selfpatch: SelfPatchObjective | None = None,
+                 center_views: str = "global") -> None:
         super().__init__()
-        self.cfg = cfg
-        self.use_selfpatch = cfg.uses_selfpatch
-        if cfg.image_objective not in IMAGE_OBJECTIVES:
-            raise SelfPatchError(f"method={cfg.method!r}: unknown image objective")
-        d = cfg.dino
-        self.objective = IMAGE_OBJECTIVES[cfg.image_objective](
-            out_dim=d.out_dim, hidden_dim=d.hidden_dim, bottleneck_dim=d.bottleneck_dim,
-            norm_last_layer=d.norm_last_layer, student_temp=d.student_temp,
-            center_momentum=d.center_momentum)
-        backbone = backbone if backbone is not None else build_backbone(cfg)
+        if center_views not in ("global", "all"):
+            raise SelfPatchError(f"dino.center_views={center_views!r} must be global or all")
+        self.objective = objective
+        self.selfpatch = selfpatch
+        self.center_views = center_views
         dim = backbone.embed_dim
         aggregator = patch_head = None
-        if self.use_selfpatch:
-            sp = cfg.selfpatch
-            aggregator = build_aggregator(sp.aggregation, dim, backbone.num_heads,
-                                          sp.aggregation_depth)
-            patch_head = DINOHead(dim, sp.out_dim, d.hidden_dim, d.bottleneck_dim,
-                                  norm_last_layer=d.norm_last_layer)
-            self.targets = SelfPatchTargets(sp.neighbourhood, sp.border, sp.k)
-            self.patch_loss = PatchDistillationLoss(sp.out_dim, d.student_temp,
-                                                    sp.center_momentum)
-        self.student = SSLNetwork(backbone, self.objective.build_head(dim), aggregator,
-                                  patch_head)
+        if selfpatch is not None:  # creation order (h, g', then g) fixes the initial weights
+            aggregator = selfpatch.build_aggregator(dim, backbone.num_heads)
+            patch_head = selfpatch.build_patch_head(dim)
+        self.student = SSLNetwork(backbone, objective.build_head(dim), aggregator, patch_head)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         object.__setattr__(self, "student_runner", None)
+
+    @property
+    def use_selfpatch(self) -> bool:
+        return self.selfpatch is not None
 
     def set_student_runner(self, runner: nn.Module | None) -> None:
         """Route the student pass through ``runner`` (e.g. DDP(student)) without registering
@@ -90,12 +83,6 @@ class TeacherStudent(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
-    def _encode(self, net: SSLNetwork, views: list[torch.Tensor], start: int, end: int
-                ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[int, int]]:
-        x = torch.cat(views[start:end]) if end - start > 1 else views[start]
-        cls, tokens = net.backbone.forward_tokens(x)
-        return cls, tokens, net.backbone.grid_shape(x.shape[-2], x.shape[-1])
-
     def forward(self, views: list[torch.Tensor], teacher_temp: float,
                 diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss for one batch of views, each ``(B, 3, S_v, S_v)``; 2 global first.
@@ -104,39 +91,37 @@ class TeacherStudent(nn.Module):
         """
         if len(views) < N_GLOBAL:
             raise SelfPatchError("need at least the 2 global views")
-        lam = self.cfg.selfpatch.loss_weight if self.use_selfpatch else 0.0
-        patch_on = self.use_selfpatch and lam > 0
-        n_patch_views = len(views) if self.cfg.selfpatch.local_crops else N_GLOBAL
+        sp = self.selfpatch
+        patch_on = sp is not None and sp.active
+        n_patch_views = sp.n_patch_views(len(views)) if patch_on else 0
+        center_all = self.center_views == "all"
         groups = _group_by_size(views)
         stats: dict[str, torch.Tensor] = {}
 
         # Teacher: image targets for the global views, patch targets for each patch view.
-        need_all_teacher = patch_on and n_patch_views > N_GLOBAL or (
-            self.cfg.dino.center_views == "all")
         t_img: list[torch.Tensor] = []
         t_patch: list[torch.Tensor] = []
         with torch.no_grad():
             for start, end in groups:
-                if start >= N_GLOBAL and not need_all_teacher:
+                if start >= max(N_GLOBAL, n_patch_views) and not center_all:
                     break
-                cls, tokens, grid = self._encode(self.teacher, views, start, end)
-                if start < N_GLOBAL or self.cfg.dino.center_views == "all":
+                cls, tokens, grid = self.teacher.encode(views, start, end)
+                if start < N_GLOBAL or center_all:
                     rep = self.teacher.image_representation(cls, tokens)
                     t_img += list(self.teacher.image_head(rep).chunk(end - start))
-                if patch_on and start < n_patch_views:
+                if start < n_patch_views:
                     n_views = min(end, n_patch_views) - start  # a group may be partly patch views
-                    y = self.targets(tokens[: n_views * views[start].shape[0]], grid,
-                                     self.teacher.aggregator)  # (gB, N, D)
-                    t_patch += list(self.teacher.patch_head(y).chunk(n_views))
+                    t_patch += sp.teacher_logits(
+                        self.teacher, tokens[: n_views * views[start].shape[0]], grid, n_views)
                     if diagnostics:
-                        stats.setdefault("valid_neighbour_share", self.targets.last_valid_share)
+                        stats.setdefault("valid_neighbour_share", sp.targets.last_valid_share)
                 del tokens, cls
             if patch_on:
                 # Centre statistics and diagnostics now, so that the loss below can free each
                 # view's (B, N_v, K) teacher logits as soon as it has used them.
-                patch_center = self.patch_loss.batch_center(t_patch)
+                patch_center = sp.batch_center(t_patch)
                 if diagnostics:
-                    probs = self.patch_loss.teacher_probs(t_patch[0], teacher_temp)
+                    probs = sp.patch_loss.teacher_probs(t_patch[0], teacher_temp)
                     stats["teacher_patch_entropy"] = -(
                         probs * probs.clamp_min(1e-12).log()).sum(-1).mean() / math.log(
                         probs.shape[-1])
@@ -145,7 +130,7 @@ class TeacherStudent(nn.Module):
         # Student: image logits for every view, patch logits for each patch view. Runs
         # through `student_runner` (the DDP wrapper in distributed runs).
         runner = self.student_runner or self.student
-        s_img, s_patch, first_tokens = runner(views, groups, n_patch_views if patch_on else 0)
+        s_img, s_patch, first_tokens = runner(views, groups, n_patch_views)
         if diagnostics:
             stats["patch_token_rank"] = effective_rank(first_tokens)
 
@@ -153,17 +138,15 @@ class TeacherStudent(nn.Module):
         loss = image_loss
         stats["image_loss"] = image_loss.detach()
         if patch_on:
-            # release: the loss drops both lists' logits view by view (memory, see losses.py)
-            patch_loss = self.patch_loss(s_patch, t_patch, teacher_temp, release=True)
-            loss = image_loss + lam * patch_loss
+            patch_loss = sp(s_patch, t_patch, teacher_temp)  # frees both lists view by view
+            loss = image_loss + sp.loss_weight * patch_loss
             stats["patch_loss"] = patch_loss.detach()
         stats["loss"] = loss.detach()
 
         # Centres move after the loss used them (DINO's order).
-        self.objective.after_step(t_img if self.cfg.dino.center_views == "all"
-                                  else t_img[:N_GLOBAL])
+        self.objective.after_step(t_img if center_all else t_img[:N_GLOBAL])
         if patch_on:
-            self.patch_loss.apply_center(patch_center)
+            sp.after_step(patch_center)
         return loss, stats
 
     # ------------------------------------------------------------------ EMA

@@ -8,20 +8,14 @@ rebuilds the exact backbone; see docs/method.md.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
+from selfpatch.checkpoint import backbone_state, load_training_checkpoint, resolve_checkpoint_path
+from selfpatch.io import atomic_write
 from selfpatch.models.backbone import BackboneSpec
-from selfpatch.models.loading import (
-    EXPORT_META_KWARGS,
-    EXPORT_META_NAME,
-    backbone_state_from_checkpoint,
-    load_training_checkpoint,
-    resolve_checkpoint_path,
-)
+from selfpatch.models.loading import EXPORT_META_KWARGS, EXPORT_META_NAME
 
 
 def export_backbone(source: str | Path, out: str | Path | None = None,
@@ -33,7 +27,7 @@ def export_backbone(source: str | Path, out: str | Path | None = None,
     ckpt_path = resolve_checkpoint_path(source)
     ckpt = load_training_checkpoint(ckpt_path)
     spec = BackboneSpec.from_dict(ckpt["backbone_spec"])
-    state = backbone_state_from_checkpoint(ckpt, which)
+    state = backbone_state(ckpt, which)
     if out is None:
         out = ckpt_path.parent.parent / f"{which}_backbone.safetensors"
     meta = {"selfpatch.step": str(ckpt.get("step")), "selfpatch.source": str(ckpt_path)}
@@ -44,19 +38,10 @@ def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
                    extra_meta: dict[str, str] | None = None) -> Path:
     """Write a timm ViT state dict to ``out`` (safetensors, atomically) with the metadata
     :func:`~selfpatch.models.loading.load_backbone` and plain timm need to rebuild it."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
             **(extra_meta or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    return atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def timm_load_snippet(path: Path, spec: BackboneSpec) -> str:

@@ -18,52 +18,19 @@ from typing import Any
 
 import torch
 
+from selfpatch.checkpoint import (
+    aggregator_settings,
+    backbone_state,
+    load_training_checkpoint,
+    module_state,
+    resolve_checkpoint_path,
+)
 from selfpatch.errors import SelfPatchError
+from selfpatch.models.aggregation import build_aggregator
 from selfpatch.models.backbone import BackboneSpec, ViTBackbone, make_backbone_spec
 
-CHECKPOINT_FORMAT = "selfpatch-train"
 EXPORT_META_NAME = "selfpatch.timm_name"
 EXPORT_META_KWARGS = "selfpatch.timm_kwargs"
-
-
-def resolve_checkpoint_path(source: str | Path) -> Path:
-    """Map a run directory or file path to the checkpoint file; raise if it does not exist."""
-    path = Path(source)
-    if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
-        if not candidate.is_file():
-            raise SelfPatchError(
-                f"{path} is a directory without checkpoints/last.pt; pass a run directory "
-                "written by `selfpatch pretrain`, a .pt checkpoint or a .safetensors export"
-            )
-        return candidate
-    if not path.is_file():
-        raise SelfPatchError(f"checkpoint {path} does not exist; check the path")
-    return path
-
-
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``) and check its format."""
-    path = resolve_checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SelfPatchError(f"cannot read checkpoint {path} ({exc.__class__.__name__}: {first}); "
-                             "is it a complete file written by `selfpatch pretrain`?") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SelfPatchError(
-            f"{path} is not a selfpatch training checkpoint (no format={CHECKPOINT_FORMAT!r}); "
-            "for timm/safetensors weights use an exported .safetensors file"
-        )
-    return ckpt
-
-
-def backbone_state_from_checkpoint(ckpt: dict[str, Any], which: str = "teacher") -> dict:
-    """timm-keyed backbone state dict taken from the student or teacher of a checkpoint."""
-    prefix = f"{which}.backbone.vit."
-    state = ckpt["model"]
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_backbone_state(vit: torch.nn.Module, state: dict, origin: str) -> None:
@@ -115,7 +82,7 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu",
     else:
         ckpt = load_training_checkpoint(text)
         backbone = ViTBackbone(BackboneSpec.from_dict(ckpt["backbone_spec"]))
-        load_backbone_state(backbone.vit, backbone_state_from_checkpoint(ckpt, which), text)
+        load_backbone_state(backbone.vit, backbone_state(ckpt, which), text)
     backbone.eval().requires_grad_(False)
     return backbone.to(device)
 
@@ -161,15 +128,11 @@ def load_image_embedder(source: str | Path, device: str | torch.device = "cpu",
     text = str(source)
     aggregator = None
     if not (text.startswith("random:") or text.endswith(".safetensors")):
-        from selfpatch.config import config_from_dict
-        from selfpatch.methods.teacher_student import TeacherStudent
-
         ckpt = load_training_checkpoint(text)
-        cfg = config_from_dict(ckpt["config"])
-        if cfg.uses_selfpatch:
-            model = TeacherStudent(cfg, backbone=ViTBackbone(backbone.spec))
-            prefix = "teacher.aggregator."
-            model.teacher.aggregator.load_state_dict(
-                {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
-            aggregator = model.teacher.aggregator.eval().requires_grad_(False).to(device)
+        settings = aggregator_settings(ckpt)
+        if settings is not None:
+            kind, depth = settings
+            aggregator = build_aggregator(kind, backbone.embed_dim, backbone.num_heads, depth)
+            aggregator.load_state_dict(module_state(ckpt, "teacher.aggregator."))
+            aggregator = aggregator.eval().requires_grad_(False).to(device)
     return ImageEmbedder(backbone, aggregator).eval()

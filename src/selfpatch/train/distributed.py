@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from selfpatch import runtime
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -92,8 +94,4 @@ def cleanup() -> None:
 
 def resolve_device(pref: str, info: DistInfo) -> torch.device:
     """``auto`` -> the local GPU if there is one, else CPU; ``cuda`` -> this rank's GPU."""
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda":
-        return torch.device("cuda", info.local_rank)
-    return torch.device(pref)
+    return runtime.resolve_device(pref, info.local_rank, key="run.device")

@@ -1,48 +1,52 @@
-"""The pre-training loop: one function, ``pretrain(cfg)``, for CPU, one GPU or torchrun/DDP.
+"""The pre-training loop, shaped like DINO's ``main_dino.py``: ``pretrain(cfg)`` sets up,
+``train_one_epoch`` runs the batches of one epoch, ``train_step`` is one optimisation step.
 
-Read top to bottom: set-up (process group, run directory, data, model, optimiser, schedules),
-optional resume, then the epoch loop. Inside a step nothing waits on the host except at the
-logging interval (``run.log_every``), where losses are read, a non-finite loss stops the run
-(the last checkpoint stays the last *good* one) and a metrics line is written.
+Works on CPU, one GPU or torchrun/DDP. Objects come from :mod:`selfpatch.train.factory`; the
+checkpoint format from :mod:`selfpatch.checkpoint`. Inside a step nothing waits on the host
+except at the logging interval (``run.log_every``), where losses are read, a non-finite loss
+stops the run (the last checkpoint stays the last *good* one) and a metrics line is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from selfpatch import runtime
-from selfpatch.config import Config
-from selfpatch.data.folder import ImageFolderDataset
-from selfpatch.data.seeded import SeededViews, collate_views, sample_seed
-from selfpatch.data.transforms import (
-    GpuMultiCrop,
-    MultiCropTransform,
-    gpu_multicrop_collate,
-    multicrop_config,
+from selfpatch.checkpoint import (
+    backbone_state,
+    load_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
 )
+from selfpatch.config import Config
+from selfpatch.data.seeded import sample_seed
+from selfpatch.data.transforms import GpuMultiCrop
 from selfpatch.errors import SelfPatchError
 from selfpatch.methods.teacher_student import TeacherStudent
-from selfpatch.models.loading import (
-    CHECKPOINT_FORMAT,
-    backbone_state_from_checkpoint,
-    load_backbone_state,
-    load_training_checkpoint,
-)
+from selfpatch.models.loading import load_backbone_state
 from selfpatch.train import distributed as D
-from selfpatch.train.checkpoint import atomic_save, rng_state, set_rng_state
+from selfpatch.train.factory import (
+    Schedules,
+    TrainData,
+    build_schedules,
+    build_teacher_student,
+    build_train_data,
+    check_buildable,
+)
 from selfpatch.train.optim import build_optimizer, clip_gradients_per_parameter
 from selfpatch.train.run_dir import MetricsLogger, environment, write_yaml
-from selfpatch.train.sampler import EpochSampler
-from selfpatch.train.schedules import cosine_schedule, teacher_temperature_schedule
 
 
 def run_directory(cfg: Config) -> Path:
@@ -50,60 +54,6 @@ def run_directory(cfg: Config) -> Path:
     name = cfg.run.name.format(preset=cfg.preset or "custom",
                                method=cfg.method.replace("+", "-"))
     return Path(cfg.run.output_dir.format(name=name))
-
-
-def resolve_data_root(cfg: Config, info: D.DistInfo) -> Path:
-    """The image folder; ``builtin`` builds/reuses the built-in scenes (rank 0 first)."""
-    if cfg.data.path != "builtin":
-        return Path(cfg.data.path).expanduser()
-    from selfpatch.data.builtin import BuiltinSpec, ensure_builtin
-
-    spec = BuiltinSpec.for_version(cfg.data.builtin_version,
-                                   n_pretrain=cfg.data.builtin_n_pretrain)
-    if info.is_main:
-        root = ensure_builtin(spec, progress=cfg.run.progress).pretrain_dir
-    D.barrier(info)
-    if not info.is_main:
-        root = ensure_builtin(spec, progress=False).pretrain_dir
-    return root
-
-
-def build_loader(cfg: Config, info: D.DistInfo, device: torch.device
-                 ) -> tuple[DataLoader, EpochSampler, ImageFolderDataset]:
-    """Multi-crop DataLoader over the image folder, with a seeded, resumable sampler.
-
-    Batches are ``(views, ok)`` (V tensors ``(B, 3, S_v, S_v)``, ``(B,)`` bool), or with
-    ``data.gpu_augment`` ``(images (B, 3, S, S) uint8, sizes (B, 2), ok (B,))`` for
-    :func:`device_views`.
-    """
-    root = resolve_data_root(cfg, info)
-    dataset = ImageFolderDataset(root)
-    if cfg.data.limit_images:
-        dataset.files = dataset.files[: cfg.data.limit_images]
-    report = dataset.scan(verify=True)
-    if report.bad and info.is_main:
-        print(report.summary())
-    d = cfg.data
-    if d.gpu_augment:  # workers only decode + resize; the views are made on the device
-        transform, collate = GpuMultiCrop(multicrop_config(cfg.data)).loader_transform(), \
-            gpu_multicrop_collate
-    else:
-        transform, collate = MultiCropTransform(multicrop_config(cfg.data)), collate_views
-    sampler = EpochSampler(len(dataset), cfg.optim.batch_size, cfg.run.seed, info.rank,
-                           info.world_size)
-    if sampler.batches_per_epoch == 0:
-        raise SelfPatchError(
-            f"data.path={root} has {len(dataset)} readable images, fewer than one batch of "
-            f"{cfg.optim.batch_size} x {info.world_size} process(es); lower optim.batch_size")
-    loader = DataLoader(
-        SeededViews(dataset, transform, cfg.run.seed), batch_size=cfg.optim.batch_size,
-        sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
-        pin_memory=d.pin_memory and device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if d.num_workers else None,
-        # Its own generator: creating an epoch's iterator must not draw from the global RNG,
-        # or a run resumed mid-epoch would see a shifted drop-path stream.
-        generator=torch.Generator().manual_seed(cfg.run.seed))
-    return loader, sampler, dataset
 
 
 def augment_seed(seed: int, step: int, rank: int) -> int:
@@ -135,7 +85,7 @@ def init_from(model: TeacherStudent, source: str) -> None:
     if source.endswith(".safetensors"):
         state = load_backbone(source).vit.state_dict()
     else:
-        state = backbone_state_from_checkpoint(load_training_checkpoint(source))
+        state = backbone_state(load_training_checkpoint(source))
     load_backbone_state(model.student.backbone.vit, state, source)
     model.teacher.backbone.vit.load_state_dict(state)
 
@@ -155,16 +105,143 @@ def save_checkpoint(path: Path, cfg: Config, model: TeacherStudent, optimizer, s
     rng = _gather_rng(info)
     if not info.is_main:
         return
-    atomic_save({
-        "format": CHECKPOINT_FORMAT, "version": 1, "config": cfg.to_dict(),
-        "backbone_spec": model.student.backbone.spec.to_dict(), "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-        "epoch": epoch, "world_size": info.world_size, "rng": rng,
-    }, path)
+    save_training_checkpoint(
+        path, config=cfg.to_dict(), backbone_spec=model.student.backbone.spec.to_dict(),
+        model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+        step=step, epoch=epoch, world_size=info.world_size, rng=rng)
+
+
+def train_step(model: TeacherStudent, views: list[torch.Tensor],
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *, lr: float,
+               weight_decay: float, momentum: float, teacher_temp: float, clip_grad: float,
+               freeze_last_layer: bool, amp: Any = None, diagnostics: bool = False
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on multi-crop ``views`` (V x ``(B, 3, S_v, S_v)``, globals first).
+
+    Sets lr / weight decay (decayed group only), runs the loss under ``amp`` (an autocast
+    context or None), backward through ``scaler``, DINO's per-parameter gradient clipping
+    (``clip_grad`` > 0), drops the heads' last-layer gradients while ``freeze_last_layer``,
+    steps the optimiser and moves the teacher (EMA with ``momentum``). Returns the loss and
+    the detached statistics (``grad_norm`` added when clipping); nothing waits on the host.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if not group.get("no_decay"):
+            group["weight_decay"] = weight_decay
+    with amp if amp is not None else contextlib.nullcontext():
+        loss, stats = model(views, teacher_temp, diagnostics=diagnostics)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        stats["grad_norm"] = clip_gradients_per_parameter(
+            [p for p in model.student.parameters() if p.requires_grad], clip_grad)
+    if freeze_last_layer:
+        for p in model.last_layer_parameters():
+            p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
+    model.update_teacher(momentum)
+    return loss, stats
+
+
+@dataclass
+class LoopState:
+    """What changes from step to step, besides the model and optimiser."""
+
+    step: int
+    bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none (stays on device)
+    bad_samples: int = 0
+    t_last: float = 0.0
+    step_last: int = 0
+
+
+@dataclass
+class Loop:
+    """Everything ``train_one_epoch`` needs, built once by :func:`pretrain`."""
+
+    cfg: Config
+    info: D.DistInfo
+    device: torch.device
+    model: TeacherStudent
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data: TrainData
+    schedules: Schedules
+    amp: Any
+    ckpt_path: Path
+    logger: MetricsLogger | None
+    pbar: tqdm
+    total: int
+    state: LoopState
+
+
+def train_one_epoch(loop: Loop, epoch: int) -> bool:
+    """Run the remaining batches of ``epoch``; returns True when ``optim.max_steps`` is hit."""
+    cfg, o, st, sch = loop.cfg, loop.cfg.optim, loop.state, loop.schedules
+    for batch in loop.data.loader:
+        it = st.step
+        if loop.data.gpu_augment is None:
+            views, ok = batch
+            views = [v.to(loop.device, non_blocking=True) for v in views]
+        else:
+            images, sizes, ok = batch
+            views = device_views(loop.data.gpu_augment,
+                                 images.to(loop.device, non_blocking=True),
+                                 sizes.to(loop.device, non_blocking=True),
+                                 augment_seed(cfg.run.seed, it, loop.info.rank))
+        log_now = (it + 1) % cfg.run.log_every == 0 or it + 1 == loop.total
+        loss, stats = train_step(
+            loop.model, views, loop.optimizer, loop.scaler, lr=float(sch.lr[it]),
+            weight_decay=float(sch.weight_decay[it]), momentum=float(sch.momentum[it]),
+            teacher_temp=float(sch.teacher_temp[epoch]), clip_grad=o.clip_grad,
+            freeze_last_layer=epoch < cfg.dino.freeze_last_layer_epochs, amp=loop.amp,
+            diagnostics=log_now)
+        st.bad_step = torch.where((st.bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                  torch.full_like(st.bad_step, it), st.bad_step)
+        st.bad_samples += int((~ok).sum())
+        st.step += 1
+        loop.pbar.update(1)
+        stop = bool(o.max_steps) and st.step >= o.max_steps
+        if log_now or stop:
+            _check_finite(st.bad_step, loop.ckpt_path)
+            _log(loop, epoch, it, stats)
+        if cfg.run.save_every_steps and st.step % cfg.run.save_every_steps == 0:
+            _check_finite(st.bad_step, loop.ckpt_path)
+            _save(loop, loop.ckpt_path, epoch)
+        if stop:
+            return True
+    return False
+
+
+def _log(loop: Loop, epoch: int, it: int, stats: dict[str, torch.Tensor]) -> None:
+    """One metrics line (global means over ranks) and the progress bar's numbers."""
+    st, sch = loop.state, loop.schedules
+    stats = D.mean_over_ranks(stats)  # each rank's losses cover its share of the batch
+    now = time.perf_counter()
+    record = {"step": st.step, "epoch": epoch,
+              **{k: round(float(v), 6) for k, v in stats.items()},
+              "lr": float(sch.lr[it]), "wd": float(sch.weight_decay[it]),
+              "momentum": float(sch.momentum[it]), "teacher_temp": float(sch.teacher_temp[epoch]),
+              "img_per_s": round((st.step - st.step_last) * loop.cfg.optim.batch_size
+                                 * loop.info.world_size / (now - st.t_last), 2),
+              "unreadable_replaced": st.bad_samples}
+    if loop.device.type == "cuda":
+        record["max_mem_gb"] = round(torch.cuda.max_memory_allocated(loop.device) / 2**30, 3)
+    st.t_last, st.step_last = now, st.step
+    if loop.logger:
+        loop.logger.log(record)
+    loop.pbar.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}", ips=record["img_per_s"])
+
+
+def _save(loop: Loop, path: Path, epoch: int) -> None:
+    save_checkpoint(path, loop.cfg, loop.model, loop.optimizer, loop.scaler, loop.state.step,
+                    epoch, loop.info)
 
 
 def pretrain(cfg: Config, resume: bool = False) -> Path:
     """Train ``cfg`` to completion (or ``optim.max_steps``); return the run directory."""
+    check_buildable(cfg)  # bad values fail here, in one line, before data or processes
     info = D.init_distributed(cfg.run.device)
     try:
         return _pretrain(cfg, resume, info)
@@ -190,8 +267,8 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
     if resume and not ckpt_path.exists():
         raise SelfPatchError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
 
-    loader, sampler, dataset = build_loader(cfg, info, device)
-    model = TeacherStudent(cfg).to(device)
+    data = build_train_data(cfg, info, device)
+    model = build_teacher_student(cfg).to(device)
     if cfg.model.init_from and not resume:
         init_from(model, cfg.model.init_from)
     if info.enabled:
@@ -219,19 +296,11 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
               flush=True)
     optimizer = build_optimizer(model.student, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-    student_params = [p for p in model.student.parameters() if p.requires_grad]
-    last_layer = model.last_layer_parameters()
 
     o = cfg.optim
-    iters = sampler.batches_per_epoch
+    iters = data.sampler.batches_per_epoch
     total = o.epochs * iters
-    lr = o.base_lr * o.batch_size * info.world_size / 256.0
-    lr_s = cosine_schedule(lr, o.min_lr, o.epochs, iters, o.warmup_epochs)
-    wd_s = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters)
-    mom_s = cosine_schedule(cfg.dino.momentum_teacher, cfg.dino.momentum_teacher_end,
-                            o.epochs, iters)
-    temp_s = teacher_temperature_schedule(cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp,
-                                          cfg.dino.warmup_teacher_temp_epochs, o.epochs)
+    schedules = build_schedules(cfg, iters, info.world_size)
 
     step = 0
     if resume:
@@ -253,96 +322,37 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
         env = environment(device, info.world_size)
         env.update(precision=precision.to_dict(), cpu=runtime.cpu_name(),
                    cpu_bf16_native=runtime.cpu_bf16_native(), threads_reason=threads_reason,
-                   n_images=len(dataset), unreadable_images=len(dataset.bad_files),
-                   iters_per_epoch=iters, total_steps=total, lr=lr,
+                   n_images=len(data.dataset), unreadable_images=len(data.dataset.bad_files),
+                   iters_per_epoch=iters, total_steps=total, lr=schedules.peak_lr,
                    total_batch=o.batch_size * info.world_size)
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
 
-    gpu_augment = GpuMultiCrop(multicrop_config(cfg.data)) if cfg.data.gpu_augment else None
-    amp = precision.autocast(device.type)
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    bad_samples = 0
     pbar = tqdm(total=total, initial=step, disable=not (info.is_main and cfg.run.progress),
                 desc=f"{cfg.method} {cfg.model.arch}", dynamic_ncols=True)
+    state = LoopState(step=step, bad_step=torch.full((), -1, dtype=torch.long, device=device),
+                      t_last=time.perf_counter(), step_last=step)
+    loop = Loop(cfg, info, device, model, optimizer, scaler, data, schedules,
+                precision.autocast(device.type), ckpt_path, logger, pbar, total, state)
     model.train()
-    t_last, step_last, stop = time.perf_counter(), step, False
     start_epoch, start_batch = divmod(step, iters)
-    epoch = start_epoch
+    epoch, stop = start_epoch, False
     for epoch in range(start_epoch, o.epochs):
-        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        for batch in loader:
-            it = step
-            if gpu_augment is None:
-                views, ok = batch
-                views = [v.to(device, non_blocking=True) for v in views]
-            else:
-                images, sizes, ok = batch
-                views = device_views(gpu_augment, images.to(device, non_blocking=True),
-                                     sizes.to(device, non_blocking=True),
-                                     augment_seed(cfg.run.seed, it, info.rank))
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_s[it])
-                if not group.get("no_decay"):
-                    group["weight_decay"] = float(wd_s[it])
-            log_now = (it + 1) % cfg.run.log_every == 0 or it + 1 == total
-            with amp:
-                loss, stats = model(views, float(temp_s[epoch]), diagnostics=log_now)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if o.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                stats["grad_norm"] = clip_gradients_per_parameter(student_params, o.clip_grad)
-            if epoch < cfg.dino.freeze_last_layer_epochs:
-                for p in last_layer:
-                    p.grad = None
-            scaler.step(optimizer)
-            scaler.update()
-            model.update_teacher(float(mom_s[it]))
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                   torch.full_like(bad_step, it), bad_step)
-            bad_samples += int((~ok).sum())
-            step += 1
-            pbar.update(1)
-            stop = bool(o.max_steps) and step >= o.max_steps
-            if log_now or stop:
-                _check_finite(bad_step, ckpt_path)
-                # Each rank's losses cover its share of the batch: log the global mean.
-                stats = D.mean_over_ranks(stats)
-                now = time.perf_counter()
-                record = {"step": step, "epoch": epoch,
-                          **{k: round(float(v), 6) for k, v in stats.items()},
-                          "lr": float(lr_s[it]), "wd": float(wd_s[it]),
-                          "momentum": float(mom_s[it]), "teacher_temp": float(temp_s[epoch]),
-                          "img_per_s": round((step - step_last) * o.batch_size
-                                             * info.world_size / (now - t_last), 2),
-                          "unreadable_replaced": bad_samples}
-                if device.type == "cuda":
-                    record["max_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-                t_last, step_last = now, step
-                if logger:
-                    logger.log(record)
-                pbar.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}",
-                                 ips=record["img_per_s"])
-            if cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0:
-                _check_finite(bad_step, ckpt_path)
-                save_checkpoint(ckpt_path, cfg, model, optimizer, scaler, step, epoch, info)
-            if stop:
-                break
+        data.sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        stop = train_one_epoch(loop, epoch)
         if stop:
             break
         if (epoch + 1) % cfg.run.save_every == 0 or epoch + 1 == o.epochs:
-            _check_finite(bad_step, ckpt_path)
-            save_checkpoint(ckpt_path, cfg, model, optimizer, scaler, step, epoch, info)
+            _check_finite(state.bad_step, ckpt_path)
+            _save(loop, ckpt_path, epoch)
         if cfg.run.keep_every and (epoch + 1) % cfg.run.keep_every == 0:
             # A snapshot that later epochs never overwrite (for learning curves), as DINO's
             # checkpointNNNN.pth.
-            _check_finite(bad_step, ckpt_path)
-            save_checkpoint(ckpt_path.with_name(f"epoch{epoch + 1:04d}.pt"), cfg, model,
-                            optimizer, scaler, step, epoch, info)
+            _check_finite(state.bad_step, ckpt_path)
+            _save(loop, ckpt_path.with_name(f"epoch{epoch + 1:04d}.pt"), epoch)
     if stop:
-        _check_finite(bad_step, ckpt_path)
-        save_checkpoint(ckpt_path, cfg, model, optimizer, scaler, step, epoch, info)
+        _check_finite(state.bad_step, ckpt_path)
+        _save(loop, ckpt_path, epoch)
     pbar.close()
     if logger:
         logger.close()
