@@ -311,20 +311,14 @@ def validate(cfg: Config) -> None:
 
     if cfg.method not in METHODS:
         raise bad("method", f"{cfg.method!r} is not one of {METHODS}")
+    # Crop sizes, scales, view counts and colour settings alone are checked by MultiCropConfig
+    # (train.factory.check_buildable); here only what relates two sections.
     p = cfg.model.patch_size
     for key, size in (("data.global_size", cfg.data.global_size),
                       ("data.local_size", cfg.data.local_size)):
-        if size <= 0:
-            raise bad(key, f"must be positive, got {size}")
-        if p and size % p:
+        if p and size > 0 and size % p:
             raise bad(key, f"crop size {size} is not a multiple of model.patch_size={p}; "
                       f"use a multiple of {p}")
-    for key, (lo, hi) in (("data.global_scale", cfg.data.global_scale),
-                          ("data.local_scale", cfg.data.local_scale)):
-        if not 0 < lo <= hi <= 1:
-            raise bad(key, f"({lo}, {hi}) must satisfy 0 < min <= max <= 1")
-    if cfg.data.n_local < 0:
-        raise bad("data.n_local", "must be >= 0")
     if cfg.data.builtin_version not in (1, 2):
         raise bad("data.builtin_version", f"{cfg.data.builtin_version} is not a built-in data "
                   "version; use 2 (default) or 1 (the first release)")

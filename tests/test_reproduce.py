@@ -1,0 +1,106 @@
+"""The grid runner (benchmarks/reproduce.py): skips finished runs, resumes interrupted ones
+exactly, aggregates seeds as hand-computed, and writes the table."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import reproduce  # noqa: E402
+import same_run  # noqa: E402
+
+from selfpatch.train.trainer import pretrain  # noqa: E402
+from test_train import TINY, make_images  # noqa: E402
+
+
+def test_summary_matches_hand_computed_means_stds_and_differences():
+    """k-NN: DINO 10, 12, 17 -> mean 13, sample std sqrt(13); SelfPatch 11, 15, 16 -> 14,
+    sqrt(7); per-seed differences 1, 3, -1 -> mean 1, std 2. Seed 3 exists only for SelfPatch:
+    it counts in its mean but has no difference."""
+    dino = {0: 10.0, 1: 12.0, 2: 17.0}
+    sp = {0: 11.0, 1: 15.0, 2: 16.0, 3: 14.0}
+    metrics, runs = {}, {}
+    for name, values in (("dino", dino), ("selfpatch", sp)):
+        for seed, v in values.items():
+            metrics[f"{name}-{seed}"] = {"knn_top1": v, "mIoU": 2 * v}
+            runs[f"{name}-{seed}"] = (name, seed)
+    metrics["random:vit_tiny:16"] = {"knn_top1": 9.0}
+    out = reproduce.summarise(metrics, runs, {"random:vit_tiny:16": "random weights"})
+    d, s = out["variants"]["dino"], out["variants"]["selfpatch"]
+    assert d["mean"]["knn_top1"] == pytest.approx(13.0)
+    assert d["std"]["knn_top1"] == pytest.approx(math.sqrt(13.0))
+    assert s["mean"]["knn_top1"] == pytest.approx(14.0)
+    assert s["std"]["knn_top1"] == pytest.approx(math.sqrt((9 + 1 + 4 + 0) / 3))
+    diff = s["minus_dino"]["knn_top1"]
+    assert diff["per_seed"] == {0: 1.0, 1: 3.0, 2: -1.0}
+    assert diff["mean"] == pytest.approx(1.0) and diff["std"] == pytest.approx(2.0)
+    assert s["minus_dino"]["mIoU"]["mean"] == pytest.approx(2.0)
+    assert "J&F" not in s["mean"] and d["minus_dino"] == {}
+    assert out["controls"] == {"random weights": {"knn_top1": 9.0}}
+    assert reproduce.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_duplicate_variants_are_found_by_configuration():
+    same = reproduce.duplicates("cpu-quick", ["dino", "selfpatch", "border-valid",
+                                              "border-wrap"], [])
+    assert same == {"border-valid": "selfpatch"}  # cpu-quick already uses valid borders
+
+
+def test_grid_skips_finished_runs_resumes_killed_ones_and_writes_the_table(tmp_path):
+    images = make_images(tmp_path / "imgs", n=16)
+    overrides = [*TINY, f"data.path={images}", "optim.epochs=2"]
+    grid = tmp_path / "grid"
+    # Interrupted: selfpatch seed 0 stopped after 3 of its 4 steps (a checkpoint, no done.json).
+    from selfpatch.config import load_config
+
+    killed = grid / "selfpatch-seed0"
+    pretrain(load_config("cpu-quick", [*reproduce.VARIANTS["selfpatch"], *overrides,
+                                       "run.seed=0", f"run.output_dir={killed}",
+                                       "run.progress=false", "optim.max_steps=3"]))
+    assert not (killed / "done.json").exists()
+
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str]) -> None:
+        calls.append(cmd)
+        if cmd[3] == "pretrain":
+            reproduce.run_subprocess(cmd)
+            return
+        out = Path(cmd[cmd.index("--out") + 1])  # eval all: a report with made-up metrics
+        out.mkdir(parents=True, exist_ok=True)
+        sources = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--checkpoint"]
+        report = {"checkpoints": [{"source": s, "metrics": {"J&F": 50.0 + i, "mIoU": 5.0,
+                                                            "knn_top1": 20.0 - i}}
+                                  for i, s in enumerate(sources)]}
+        (out / "report.json").write_text(json.dumps(report))
+
+    args = ["--preset", "cpu-quick", "--grid", "compare", "--seeds", "0", "--out", str(grid),
+            *overrides]
+    assert reproduce.main(args, runner) == 0
+    pre = [c for c in calls if c[3] == "pretrain"]
+    assert len(pre) == 2 and sum("--resume" in c for c in pre) == 1
+    assert "--resume" in next(c for c in pre if f"run.output_dir={killed}" in c)
+    assert json.loads((killed / "done.json").read_text())["resumed"] is True
+    # The resumed run is the run an uninterrupted one gives.
+    whole = tmp_path / "whole"
+    pretrain(load_config("cpu-quick", [*reproduce.VARIANTS["selfpatch"], *overrides,
+                                       "run.seed=0", f"run.output_dir={whole}",
+                                       "run.progress=false"]))
+    assert same_run.compare(killed, whole) == []
+
+    table = (grid / "summary.md").read_text()
+    assert "| dino | 0 |" in table and "| selfpatch | 0 |" in table
+    assert "random weights (control)" in table and "steps" in table
+    summary = json.loads((grid / "summary.json").read_text())
+    assert summary["variants"]["selfpatch"]["minus_dino"]["J&F"]["mean"] == pytest.approx(1.0)
+
+    calls.clear()  # a second sitting: nothing to train, the evaluation is reused
+    assert reproduce.main(args, runner) == 0
+    assert calls == []
