@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import subprocess
 import sys
@@ -193,8 +194,10 @@ def render(summary: dict, title: str, budget: dict[str, dict], command: str) -> 
         seeds = sorted({s for by_seed in entry["per_seed"].values() for s in by_seed})
         cells = []
         for k in SHOWN:
-            m, sd = entry["mean"].get(k, math.nan), entry["std"].get(k, math.nan)
-            cells.append(f"{m:.1f} ± {sd:.1f}")
+            if k not in entry["mean"]:  # not evaluated (e.g. --eval-args "--tasks knn")
+                cells += ["—", "—"]
+                continue
+            cells.append(f"{entry['mean'][k]:.1f} ± {entry['std'][k]:.1f}")
             d = entry["minus_dino"].get(k)
             cells.append("—" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f} ("
                          + ", ".join(f"{x:+.1f}" for x in d["per_seed"].values()) + ")")
@@ -203,7 +206,7 @@ def render(summary: dict, title: str, budget: dict[str, dict], command: str) -> 
     for label, row in summary["controls"].items():
         cells = []
         for k in SHOWN:
-            cells += [f"{row.get(k, math.nan):.1f}", "—"]
+            cells += [f"{row[k]:.1f}" if k in row else "—", "—"]
         lines.append(f"| {label} (control) | — | " + " | ".join(cells) + " | |")
     lines += ["", "Mean ± sample standard deviation over seeds; Δ pairs each seed with DINO's "
               "run of the same seed (per-seed values in brackets). Controls: random weights "
@@ -259,8 +262,8 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     summary = summarise(metrics, runs, controls)
     summary.update(budget=budget, preset=args.preset, seeds=args.seeds, same_as=same_as,
                    overrides=args.overrides, eval_args=args.eval_args)
-    command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None
-                                                           else sys.argv[1:])
+    command = "python benchmarks/reproduce.py " + shlex.join(argv if argv is not None
+                                                             else sys.argv[1:])
     title = f"{', '.join(variants)} — preset {args.preset}, seeds {args.seeds}"
     text = render(summary, title, budget, command)
     text += "".join(f"\n`{v}` has the same configuration as `{o}` with this preset: run once.\n"

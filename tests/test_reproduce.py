@@ -47,6 +47,16 @@ def test_summary_matches_hand_computed_means_stds_and_differences():
     assert reproduce.mean_std([5.0]) == (5.0, 0.0)
 
 
+def test_gpu_budget_gives_every_run_the_same_whole_epochs():
+    """1000 images, DINO 100 img/s, SelfPatch 50 img/s, 2 seeds: an epoch of all four runs
+    takes 2 * (10 + 20) = 60 s, so 250 s hold 4 epochs; too little time still gives 1."""
+    import reproduce_gpu
+
+    rates = {"dino": 100.0, "selfpatch": 50.0}
+    assert reproduce_gpu.plan(250.0, rates, 1000, 2) == 4
+    assert reproduce_gpu.plan(10.0, rates, 1000, 2) == 1
+
+
 def test_duplicate_variants_are_found_by_configuration():
     same = reproduce.duplicates("cpu-quick", ["dino", "selfpatch", "border-valid",
                                               "border-wrap"], [])
