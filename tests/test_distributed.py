@@ -10,8 +10,8 @@ directories. Phases, in order:
 1. ``full``: 2 epochs x 4 steps, per-rank batch 4 (global 8), drop-path off;
 2. ``part`` + ``resume``: the same run stopped by ``optim.max_steps=3``, then ``--resume``;
 3. ``exists``: ``full`` again without ``--resume``: a SelfPatchError on every rank (exit 2);
-4. ``interrupt``: Ctrl-C (SIGINT) on both ranks at step 3: exit 130 on both, and the next
-   phase can still start a process group;
+4. ``interrupt``: Ctrl-C (SIGINT) on both ranks during step 3: the step finishes, a checkpoint
+   is saved, exit 130 on both, and the next phase can still start a process group;
 5. ``crash`` (last, it ends the launch): rank 1 alone raises at step 2 while rank 0 waits in
    a collective; torchrun must take the whole job down promptly instead of hanging.
 
@@ -252,7 +252,10 @@ def test_error_on_every_rank_exits_every_rank(launch):
 def test_ctrl_c_stops_both_ranks(launch):
     out, _, proc, _ = launch
     assert _phase_rc(launch, "interrupt") == [130, 130]
-    assert "selfpatch: interrupted" in proc.stderr
+    assert "selfpatch: stopped by SIGINT after step 3; checkpoint saved" in proc.stderr
+    assert "--resume" in proc.stderr
+    saved = torch.load(out / "runs" / "interrupt" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == 3
     # ... and a new process group could be started afterwards (the crash phase ran)
     assert all("crash" in r for r in _records(out))
 

@@ -245,7 +245,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeyp
 
     monkeypatch.setattr(TeacherStudent, "forward", poisoned)
     with pytest.raises(SelfPatchError, match="NaN/inf at step 7"):
-        pretrain(cfg_for(images, tmp_path / "run", "optim.epochs=3"), resume=True)
+        pretrain(cfg_for(images, tmp_path / "run", "optim.epochs=3",
+                         "run.allow_changes=[optim.epochs]"), resume=True)
     after = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert after["step"] == good["step"] == 4
 
@@ -271,7 +272,8 @@ def test_version_1_checkpoints_resume_and_evaluate(images, tmp_path):
     assert torch.equal(load_training_checkpoint(path)["model"]["selfpatch.patch_loss.center"],
                        centre)
     for name in runs:
-        pretrain(cfg_for(images, tmp_path / name, "optim.epochs=2"), resume=True)
+        pretrain(cfg_for(images, tmp_path / name, "optim.epochs=2",
+                         "run.allow_changes=[optim.epochs]"), resume=True)
     a = torch.load(runs["current"] / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(runs["old"] / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -101,15 +101,30 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SelfPatchError(f"cannot read checkpoint {path} ({exc.__class__.__name__}: {first}); "
-                             "is it a complete file written by `selfpatch pretrain`?") from exc
+        raise SelfPatchError(_unreadable(path, exc)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SelfPatchError(
             f"{path} is not a selfpatch training checkpoint (no format={CHECKPOINT_FORMAT!r}); "
             "for timm/safetensors weights use an exported .safetensors file"
         )
     return _migrate(ckpt, path)
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """One line for a checkpoint torch cannot load. Torch's own text is not passed on: it is
+    long, and for a refused file it suggests ``weights_only=False``, which would let an
+    untrusted file run code."""
+    text = str(exc)
+    # "Unsupported operand" / "invalid load key": bytes that are no pickle at all (garbage)
+    garbage = "Unsupported operand" in text or "invalid load key" in text
+    if ("Weights only load failed" in text or "weights_only" in text) and not garbage:
+        return (f"{path} holds objects other than tensors and plain values, so it was refused "
+                "(loading it could run code); a checkpoint from `selfpatch pretrain` never "
+                "does: use another file")
+    size = path.stat().st_size if path.exists() else 0
+    return (f"cannot read checkpoint {path} ({size} bytes): it is truncated or not a torch "
+            "file (e.g. a copy or write that did not finish); use another checkpoint, such as "
+            "a kept checkpoints/epochNNNN.pt")
 
 
 def _migrate(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:

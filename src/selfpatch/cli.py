@@ -14,8 +14,10 @@ from selfpatch.errors import SelfPatchError
 
 def _pretrain(args: argparse.Namespace) -> int:
     from selfpatch.config import load_config
+    from selfpatch.train import signals
     from selfpatch.train.trainer import pretrain
 
+    signals.COMMAND_LINE[:] = args.argv  # for the resume command printed after a signal
     cfg = load_config(args.config, args.overrides)
     run_dir = pretrain(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
@@ -84,10 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     # shared with DataLoader workers, spinning threads made CPU steps up to 10x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after the options (`pretrain a=1 --resume b=2`): argparse
+    # stops the positional list at the first option, so collect the rest here.
+    args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except SelfPatchError as exc:
+        from selfpatch.train.signals import Stopped
+
+        if isinstance(exc, Stopped):
+            print(f"selfpatch: {exc}", file=sys.stderr)
+            return exc.exit_code
         print(f"selfpatch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -126,6 +126,28 @@ class RunConfig:
     tensorboard: bool = False
     deterministic: bool = False
     progress: bool = True
+    # keys a resumed run may change on purpose (e.g. [optim.epochs] to train longer); any
+    # other change that alters the model or the schedule is refused on --resume
+    allow_changes: list[str] = field(default_factory=list)
+
+
+# Keys that never alter the model, the data order or the schedule: a resumed run may change
+# them freely (where it runs, how it logs and saves, how the data is fed).
+RESUME_FREE_KEYS = frozenset({
+    "preset", "model.init_from", "data.path", "data.num_workers", "data.pin_memory",
+    "optim.max_steps", "run.output_dir", "run.name", "run.device", "run.precision",
+    "run.threads", "run.compile", "run.log_every", "run.save_every", "run.save_every_steps",
+    "run.keep_every", "run.tensorboard", "run.deterministic", "run.progress",
+    "run.allow_changes"})
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Keys whose value differs between a checkpoint's config and ``cfg`` and that a resumed
+    run may not change (neither free nor listed in ``run.allow_changes``)."""
+    old, new = flatten_dict(saved), flatten_dict(cfg.to_dict())
+    allowed = RESUME_FREE_KEYS | set(cfg.run.allow_changes)
+    return sorted(k for k in old.keys() | new.keys()
+                  if k not in allowed and old.get(k) != new.get(k))
 
 
 @dataclass
@@ -182,6 +204,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 items = yaml.safe_load(value if value.lstrip().startswith("[") else f"[{value}]")
             types = get_args(hint)
             return tuple(_coerce(v, t, key) for v, t in zip(items, types, strict=True))
+        if get_origin(hint) is list:  # list[str]: "[a, b]", "a,b" or a YAML list
+            items = value
+            if isinstance(value, str):
+                items = yaml.safe_load(value if value.lstrip().startswith("[") else f"[{value}]")
+            if not isinstance(items, list):
+                raise ValueError(value)
+            (item_type,) = get_args(hint)
+            return [_coerce(v, item_type, key) for v in items]
         if hint is bool:
             if isinstance(value, bool):
                 return value
@@ -304,6 +334,56 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+# Numeric ranges: key -> (low, high or None, low excluded, high excluded).
+RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "model.patch_size": (0, None, False, False),  # 0 = the architecture's own
+    "model.drop_path": (0.0, 1.0, False, True),
+    "selfpatch.k": (1, None, False, False),
+    "selfpatch.aggregation_depth": (1, None, False, False),
+    "selfpatch.out_dim": (1, None, False, False),
+    "selfpatch.loss_weight": (0.0, None, False, False),
+    "selfpatch.center_momentum": (0.0, 1.0, False, False),
+    "dino.out_dim": (1, None, False, False),
+    "dino.hidden_dim": (1, None, False, False),
+    "dino.bottleneck_dim": (1, None, False, False),
+    "dino.student_temp": (0.0, None, True, False),
+    "dino.teacher_temp": (0.0, None, True, False),
+    "dino.warmup_teacher_temp": (0.0, None, True, False),
+    "dino.warmup_teacher_temp_epochs": (0, None, False, False),
+    "dino.center_momentum": (0.0, 1.0, False, False),
+    "dino.momentum_teacher": (0.0, 1.0, False, False),
+    "dino.momentum_teacher_end": (0.0, 1.0, False, False),
+    "dino.freeze_last_layer_epochs": (0, None, False, False),
+    "data.global_size": (1, None, False, False),
+    "data.local_size": (1, None, False, False),
+    "data.n_local": (0, None, False, False),
+    "data.num_workers": (0, None, False, False),
+    "data.builtin_n_pretrain": (1, None, False, False),
+    "data.limit_images": (0, None, False, False),
+    "optim.epochs": (1, None, False, False),
+    "optim.batch_size": (1, None, False, False),
+    "optim.base_lr": (0.0, None, True, False),
+    "optim.min_lr": (0.0, None, False, False),
+    "optim.warmup_epochs": (0, None, False, False),
+    "optim.weight_decay": (0.0, None, False, False),
+    "optim.weight_decay_end": (0.0, None, False, False),
+    "optim.clip_grad": (0.0, None, False, False),
+    "optim.max_steps": (0, None, False, False),
+    "run.seed": (0, 2**32 - 1, False, False),  # numpy seeds are 32-bit
+    "run.threads": (0, None, False, False),
+    "run.log_every": (1, None, False, False),
+    "run.save_every": (1, None, False, False),
+    "run.save_every_steps": (0, None, False, False),
+    "run.keep_every": (0, None, False, False),
+}
+
+
+def _describe_range(key: str) -> str:
+    lo, hi, lo_open, hi_open = RANGES[key]
+    low = f"{'>' if lo_open else '>='} {lo}"
+    return low if hi is None else f"{low} and {'<' if hi_open else '<='} {hi}"
+
+
 def validate(cfg: Config) -> None:
     """Check values that a type alone cannot; raise one clear line per problem."""
     def bad(key: str, why: str) -> SelfPatchError:
@@ -311,6 +391,12 @@ def validate(cfg: Config) -> None:
 
     if cfg.method not in METHODS:
         raise bad("method", f"{cfg.method!r} is not one of {METHODS}")
+    flat = flatten_dict(cfg.to_dict())
+    for key, (lo, hi, lo_open, hi_open) in RANGES.items():
+        value = flat[key]
+        if (value < lo or (lo_open and value == lo)) or (
+                hi is not None and (value > hi or (hi_open and value == hi))):
+            raise bad(key, f"{value!r} is out of range: must be {_describe_range(key)}")
     # Crop sizes, scales, view counts and colour settings alone are checked by MultiCropConfig
     # (train.factory.check_buildable); here only what relates two sections.
     p = cfg.model.patch_size
@@ -322,24 +408,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.builtin_version not in (1, 2):
         raise bad("data.builtin_version", f"{cfg.data.builtin_version} is not a built-in data "
                   "version; use 2 (default) or 1 (the first release)")
-    if cfg.optim.batch_size < 1:
-        raise bad("optim.batch_size", "must be >= 1")
-    if cfg.optim.epochs < 1:
-        raise bad("optim.epochs", "must be >= 1")
-    for key in ("log_every", "save_every"):
-        if getattr(cfg.run, key) < 1:
-            raise bad(f"run.{key}", "must be >= 1")
-    for key in ("save_every_steps", "keep_every"):
-        if getattr(cfg.run, key) < 0:
-            raise bad(f"run.{key}", "must be >= 0 (0 = off)")
     if cfg.run.precision not in PRECISIONS:
         raise bad("run.precision", f"{cfg.run.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if cfg.run.threads < 0:
-        raise bad("run.threads", "must be >= 0 (0 = one per usable CPU core)")
     if cfg.dino.center_views not in ("global", "all"):
         raise bad("dino.center_views", "must be global or all")
-    if cfg.selfpatch.loss_weight < 0:
-        raise bad("selfpatch.loss_weight", "must be >= 0")
     if cfg.uses_selfpatch:
         # Whether k fits each grid's neighbourhood is checked where SelfPatch is built
         # (train.factory.check_buildable, called before any data or weights are touched).

@@ -169,9 +169,12 @@ class TeacherStudent(nn.Module):
 def effective_rank(tokens: torch.Tensor, max_rows: int = 2048) -> torch.Tensor:
     """exp(entropy) of the normalised singular values of ``(B, N, D)`` tokens (centred).
 
-    1 means all tokens collapsed onto one direction; up to ``D`` for well-spread tokens.
+    1 means all tokens collapsed onto one direction; up to ``D`` for well-spread tokens; NaN
+    when the tokens are not finite. Syncs with the host (only called on logging steps).
     """
     x = tokens.reshape(-1, tokens.shape[-1]).float()[:max_rows]
+    if not bool(torch.isfinite(x).all()):  # a diagnostic must never stop the run (SVD would)
+        return torch.full((), float("nan"), device=x.device)
     x = x - x.mean(dim=0, keepdim=True)
     s = torch.linalg.svdvals(x)
     p = s / s.sum().clamp_min(1e-12)

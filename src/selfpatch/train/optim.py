@@ -33,3 +33,12 @@ def clip_gradients_per_parameter(params: list[nn.Parameter], clip: float) -> tor
     scales = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
     torch._foreach_mul_(grads, scales)
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+@torch.no_grad()
+def gradient_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm of the gradients (a tensor; no host sync); 0 when there are none."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

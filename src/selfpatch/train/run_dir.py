@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from selfpatch.errors import SelfPatchError
+from selfpatch.io import atomic_write
 
 
 def git_commit() -> str:
@@ -87,6 +88,24 @@ class MetricsLogger:
                     f"pip install tensorboard ({exc})"
                 ) from exc
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def keep_until(self, step: int) -> int:
+        """Drop the lines logged after ``step`` (a resumed run logs those steps again);
+        returns how many were dropped."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                continue
+        if len(kept) != len(lines):
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(
+                "".join(line + "\n" for line in kept)))
+        return len(lines) - len(kept)
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as fh:

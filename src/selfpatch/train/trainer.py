@@ -30,13 +30,15 @@ from selfpatch.checkpoint import (
     save_training_checkpoint,
     set_rng_state,
 )
-from selfpatch.config import Config
+from selfpatch.config import Config, flatten_dict, resume_changes
 from selfpatch.data.seeded import sample_seed
 from selfpatch.data.transforms import GpuMultiCrop
 from selfpatch.errors import SelfPatchError
+from selfpatch.io import remove_stale_temporaries
 from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.models.loading import load_backbone_state
 from selfpatch.train import distributed as D
+from selfpatch.train import signals
 from selfpatch.train.factory import (
     Schedules,
     TrainData,
@@ -45,7 +47,7 @@ from selfpatch.train.factory import (
     build_train_data,
     check_buildable,
 )
-from selfpatch.train.optim import build_optimizer, clip_gradients_per_parameter
+from selfpatch.train.optim import build_optimizer, clip_gradients_per_parameter, gradient_norm
 from selfpatch.train.run_dir import MetricsLogger, environment, write_yaml
 
 
@@ -111,6 +113,14 @@ def save_checkpoint(path: Path, cfg: Config, model: TeacherStudent, optimizer, s
         step=step, epoch=epoch, world_size=info.world_size, rng=rng)
 
 
+class NonFiniteStep(SelfPatchError):
+    """A step whose loss or gradient norm is NaN/inf; raised before the optimiser step."""
+
+    def __init__(self, quantity: str) -> None:
+        super().__init__(f"{quantity} became NaN/inf")
+        self.quantity = quantity
+
+
 def train_step(model: TeacherStudent, views: list[torch.Tensor],
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *, lr: float,
                weight_decay: float, momentum: float, teacher_temp: float, clip_grad: float,
@@ -122,7 +132,13 @@ def train_step(model: TeacherStudent, views: list[torch.Tensor],
     context or None), backward through ``scaler``, DINO's per-parameter gradient clipping
     (``clip_grad`` > 0), drops the heads' last-layer gradients while ``freeze_last_layer``,
     steps the optimiser and moves the teacher (EMA with ``momentum``). Returns the loss and
-    the detached statistics (``grad_norm`` added when clipping); nothing waits on the host.
+    the detached statistics (with ``grad_norm``, the pre-clip global norm).
+
+    Raises :class:`NonFiniteStep` *before* the optimiser step when the loss or the gradient
+    norm is NaN/inf, so the weights stay those of the last good step. That check reads one
+    value on the host per step, as DINO's ``math.isfinite(loss.item())`` does. With fp16's
+    GradScaler, inf gradients are the scaler's business (it skips the step and lowers its
+    scale), so only the loss is checked there.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -132,10 +148,18 @@ def train_step(model: TeacherStudent, views: list[torch.Tensor],
         loss, stats = model(views, teacher_temp, diagnostics=diagnostics)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    params = [p for p in model.student.parameters() if p.requires_grad]
     if clip_grad > 0:
         scaler.unscale_(optimizer)
-        stats["grad_norm"] = clip_gradients_per_parameter(
-            [p for p in model.student.parameters() if p.requires_grad], clip_grad)
+        stats["grad_norm"] = clip_gradients_per_parameter(params, clip_grad)
+    else:
+        stats["grad_norm"] = gradient_norm(params)
+    checked = torch.stack([loss.detach().float(), stats["grad_norm"].float().to(loss.device)])
+    finite = torch.isfinite(checked).tolist()  # the one host sync of a step
+    if not finite[0]:
+        raise NonFiniteStep("the loss")
+    if not finite[1] and not scaler.is_enabled():
+        raise NonFiniteStep("the gradient norm")
     if freeze_last_layer:
         for p in model.last_layer_parameters():
             p.grad = None
@@ -150,7 +174,6 @@ class LoopState:
     """What changes from step to step, besides the model and optimiser."""
 
     step: int
-    bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none (stays on device)
     bad_samples: int = 0
     t_last: float = 0.0
     step_last: int = 0
@@ -169,6 +192,7 @@ class Loop:
     data: TrainData
     schedules: Schedules
     amp: Any
+    precision: str
     ckpt_path: Path
     logger: MetricsLogger | None
     pbar: tqdm
@@ -176,8 +200,13 @@ class Loop:
     state: LoopState
 
 
-def train_one_epoch(loop: Loop, epoch: int) -> bool:
-    """Run the remaining batches of ``epoch``; returns True when ``optim.max_steps`` is hit."""
+def train_one_epoch(loop: Loop, epoch: int) -> str | None:
+    """Run the remaining batches of ``epoch``.
+
+    Returns ``None`` when the epoch is done, ``"max_steps"`` when ``optim.max_steps`` is hit,
+    or the name of the signal (``SIGTERM``/``SIGINT``) that asked the run to stop; the step
+    under way when a signal arrives is finished first.
+    """
     cfg, o, st, sch = loop.cfg, loop.cfg.optim, loop.state, loop.schedules
     for batch in loop.data.loader:
         it = st.step
@@ -191,27 +220,44 @@ def train_one_epoch(loop: Loop, epoch: int) -> bool:
                                  sizes.to(loop.device, non_blocking=True),
                                  augment_seed(cfg.run.seed, it, loop.info.rank))
         log_now = (it + 1) % cfg.run.log_every == 0 or it + 1 == loop.total
-        loss, stats = train_step(
-            loop.model, views, loop.optimizer, loop.scaler, lr=float(sch.lr[it]),
-            weight_decay=float(sch.weight_decay[it]), momentum=float(sch.momentum[it]),
-            teacher_temp=float(sch.teacher_temp[epoch]), clip_grad=o.clip_grad,
-            freeze_last_layer=epoch < cfg.dino.freeze_last_layer_epochs, amp=loop.amp,
-            diagnostics=log_now)
-        st.bad_step = torch.where((st.bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                  torch.full_like(st.bad_step, it), st.bad_step)
+        try:
+            _, stats = train_step(
+                loop.model, views, loop.optimizer, loop.scaler, lr=float(sch.lr[it]),
+                weight_decay=float(sch.weight_decay[it]), momentum=float(sch.momentum[it]),
+                teacher_temp=float(sch.teacher_temp[epoch]), clip_grad=o.clip_grad,
+                freeze_last_layer=epoch < cfg.dino.freeze_last_layer_epochs, amp=loop.amp,
+                diagnostics=log_now)
+        except NonFiniteStep as exc:
+            raise SelfPatchError(_non_finite_message(loop, exc.quantity, it + 1)) from None
         st.bad_samples += int((~ok).sum())
         st.step += 1
         loop.pbar.update(1)
         stop = bool(o.max_steps) and st.step >= o.max_steps
         if log_now or stop:
-            _check_finite(st.bad_step, loop.ckpt_path)
             _log(loop, epoch, it, stats)
         if cfg.run.save_every_steps and st.step % cfg.run.save_every_steps == 0:
-            _check_finite(st.bad_step, loop.ckpt_path)
             _save(loop, loop.ckpt_path, epoch)
         if stop:
-            return True
-    return False
+            return "max_steps"
+        signal_name = signals.requested(loop.info, loop.device)
+        if signal_name:
+            return signal_name
+    return None
+
+
+def _non_finite_message(loop: Loop, quantity: str, step: int) -> str:
+    """What happened, what was kept, what to try (no fp32 advice for a run already in fp32)."""
+    kept = (f"the last good checkpoint {loop.ckpt_path} is unchanged"
+            if loop.ckpt_path.exists() else "no checkpoint had been written yet")
+    o = loop.cfg.optim
+    tries = [f"lower optim.base_lr (now {o.base_lr:g})",
+             f"raise optim.warmup_epochs (now {o.warmup_epochs})"]
+    if o.clip_grad <= 0:
+        tries.append("turn on gradient clipping (optim.clip_grad=3.0)")
+    if loop.precision != "fp32":
+        tries.append(f"use run.precision=fp32 (now {loop.precision})")
+    return (f"{quantity} became NaN/inf at step {step}; that step was not applied and {kept}. "
+            f"Try: {'; '.join(tries)}")
 
 
 def _log(loop: Loop, epoch: int, it: int, stats: dict[str, torch.Tensor]) -> None:
@@ -266,6 +312,12 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
                              "choose another run.name / run.output_dir")
     if resume and not ckpt_path.exists():
         raise SelfPatchError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+    if info.is_main:  # fail now, not after building the data and the model
+        try:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SelfPatchError(f"run.output_dir: cannot create {ckpt_path.parent} "
+                                 f"({exc.strerror or exc}); choose a writable folder") from None
 
     data = build_train_data(cfg, info, device)
     model = build_teacher_student(cfg).to(device)
@@ -305,6 +357,15 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
     step = 0
     if resume:
         ckpt = load_training_checkpoint(ckpt_path)
+        changed = resume_changes(ckpt.get("config", {}), cfg)
+        if changed:
+            old = flatten_dict(ckpt.get("config", {}))
+            new = flatten_dict(cfg.to_dict())
+            listed = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+            raise SelfPatchError(
+                f"--resume: {ckpt_path} was trained with another configuration ({listed}); "
+                "resume with the same settings, or allow a deliberate change with "
+                f"run.allow_changes=[{','.join(changed)}]")
         if ckpt.get("world_size", 1) != info.world_size:
             raise SelfPatchError(
                 f"{ckpt_path} was written by {ckpt['world_size']} process(es); resume it with "
@@ -327,47 +388,37 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
                    total_batch=o.batch_size * info.world_size)
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
+        if resume:  # steps logged after the checkpoint are about to be logged again
+            logger.keep_until(step)
+        for name in ("last.pt", "epoch*.pt"):  # left by a process killed while saving
+            remove_stale_temporaries(ckpt_path.parent, name)
 
     pbar = tqdm(total=total, initial=step, disable=not (info.is_main and cfg.run.progress),
                 desc=f"{cfg.method} {cfg.model.arch}", dynamic_ncols=True)
-    state = LoopState(step=step, bad_step=torch.full((), -1, dtype=torch.long, device=device),
-                      t_last=time.perf_counter(), step_last=step)
+    state = LoopState(step=step, t_last=time.perf_counter(), step_last=step)
     loop = Loop(cfg, info, device, model, optimizer, scaler, data, schedules,
-                precision.autocast(device.type), ckpt_path, logger, pbar, total, state)
+                precision.autocast(device.type), precision.name, ckpt_path, logger, pbar,
+                total, state)
     model.train()
     start_epoch, start_batch = divmod(step, iters)
-    epoch, stop = start_epoch, False
-    for epoch in range(start_epoch, o.epochs):
-        data.sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        stop = train_one_epoch(loop, epoch)
-        if stop:
-            break
-        if (epoch + 1) % cfg.run.save_every == 0 or epoch + 1 == o.epochs:
-            _check_finite(state.bad_step, ckpt_path)
+    epoch, reason = start_epoch, None
+    with signals.graceful_stop():
+        for epoch in range(start_epoch, o.epochs):
+            data.sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            reason = train_one_epoch(loop, epoch)
+            if reason:
+                break
+            if (epoch + 1) % cfg.run.save_every == 0 or epoch + 1 == o.epochs:
+                _save(loop, ckpt_path, epoch)
+            if cfg.run.keep_every and (epoch + 1) % cfg.run.keep_every == 0:
+                # A snapshot that later epochs never overwrite (for learning curves), as
+                # DINO's checkpointNNNN.pth.
+                _save(loop, ckpt_path.with_name(f"epoch{epoch + 1:04d}.pt"), epoch)
+        if reason:
             _save(loop, ckpt_path, epoch)
-        if cfg.run.keep_every and (epoch + 1) % cfg.run.keep_every == 0:
-            # A snapshot that later epochs never overwrite (for learning curves), as DINO's
-            # checkpointNNNN.pth.
-            _check_finite(state.bad_step, ckpt_path)
-            _save(loop, ckpt_path.with_name(f"epoch{epoch + 1:04d}.pt"), epoch)
-    if stop:
-        _check_finite(state.bad_step, ckpt_path)
-        _save(loop, ckpt_path, epoch)
     pbar.close()
     if logger:
         logger.close()
+    if reason and reason != "max_steps":
+        raise signals.Stopped(reason, state.step, ckpt_path)
     return run_dir
-
-
-def _check_finite(bad_step: torch.Tensor, ckpt_path: Path) -> None:
-    """Stop with a clear message if any step so far had a non-finite loss (host sync)."""
-    if dist.is_available() and dist.is_initialized():  # any rank's NaN stops every rank
-        bad_step = bad_step.clone()
-        dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
-    bad = int(bad_step)
-    if bad >= 0:
-        kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else \
-            "no checkpoint was written before it"
-        raise SelfPatchError(
-            f"loss became NaN/inf at step {bad + 1}; training stopped and {kept}. "
-            "Lower optim.base_lr, raise optim.warmup_epochs or use run.precision=fp32")
