@@ -7,9 +7,10 @@
     # the ablations of Tab. 4, one seed, at a budget of your choice
     python benchmarks/reproduce.py --preset cpu-quick --grid ablations --seeds 0 \\
         --out runs/reproduce/ablations-quick
-    # real data (COCO pre-training as Tab. 4/6, DAVIS/ADE20K evaluation): the same command
+    # real data (COCO pre-training as Tab. 4/6, DAVIS/ADE20K evaluation), 4 GPUs per run
     python benchmarks/reproduce.py --preset coco-ablation-vit-ti16 --grid ablations --seeds 0 \\
-        --out runs/reproduce/coco --eval-args "--data-root /data" data.path=/data/coco/train2017
+        --out runs/reproduce/coco --launcher "torchrun --nproc_per_node 4" \\
+        --eval-args "--data-root /data" data.path=/data/coco/train2017
 
 Variants differ from the preset in one key each (``dino`` and ``selfpatch`` also set
 ``method``); ``--variants`` picks a subset. Each run lives in ``OUT/<variant>-seed<s>``:
@@ -100,7 +101,7 @@ def run_subprocess(cmd: list[str]) -> None:
 
 
 def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: list[str],
-             runner: Runner = run_subprocess) -> dict:
+             runner: Runner = run_subprocess, launcher: str = "") -> dict:
     """Train one (variant, seed) unless finished; resume it if a checkpoint exists.
 
     Returns the run's budget facts (also kept in ``run_dir/done.json``).
@@ -110,6 +111,8 @@ def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: lis
         return json.loads(done.read_text())
     cmd = selfpatch_cmd("pretrain", "--config", preset, *VARIANTS[variant], *overrides,
                         f"run.seed={seed}", f"run.output_dir={run_dir}", "run.progress=false")
+    if launcher:  # e.g. "torchrun --nproc_per_node 4": one run over several GPUs
+        cmd = [*shlex.split(launcher), *cmd[1:]]
     resumed = (run_dir / "checkpoints" / "last.pt").exists()
     if resumed:
         cmd.append("--resume")
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
                         help="extra evaluated source (e.g. an exported supervised ViT)")
     parser.add_argument("--eval-args", default="", help="extra `selfpatch eval all` arguments")
     parser.add_argument("--no-eval", action="store_true", help="only pre-train")
+    parser.add_argument("--launcher", default="",
+                        help='runs each pre-training under this, e.g. "torchrun '
+                             '--nproc_per_node 4" (default: one process)')
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = parser.parse_args(argv)
     variants = args.variants or GRIDS[args.grid]
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
         for variant in variants:
             run_dir = args.out / f"{variant}-seed{seed}"
             budget[run_dir.name] = pretrain(run_dir, args.preset, variant, seed,
-                                            args.overrides, runner)
+                                            args.overrides, runner, args.launcher)
             runs[str(run_dir)] = (variant, seed)
     if args.no_eval:
         print(f"pre-trained {len(runs)} runs in {args.out}")
