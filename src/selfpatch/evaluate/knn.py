@@ -5,9 +5,10 @@ takes its ``k`` most cosine-similar training images, and each neighbour votes fo
 with weight ``exp(cos / T)``; classes are ranked by summed weight (top-1 / top-5 accuracy).
 Defaults k=20, T=0.07.
 
-The image embedding is the method's own image representation
-(``selfpatch.models.loading.load_image_embedder``: CLS token for DINO, the aggregation module
-for SelfPatch, mean of the patch tokens for random / exported backbones without [CLS]).
+The image embedding is passed in by the caller; ``eval knn`` / ``eval all`` pass the method's
+own image representation (``selfpatch.models.loading.load_image_embedder``: CLS token for
+DINO, the aggregation module for SelfPatch, mean of the patch tokens for random / exported
+backbones without [CLS]). Without one, the mean of the patch tokens is used.
 """
 
 from __future__ import annotations
@@ -98,20 +99,6 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 
 
-def resolve_embedder(source: str | None, backbone: torch.nn.Module,
-                     device: torch.device | str) -> tuple[Embedder, str]:
-    """The image embedding to use and its description (see the module doc).
-
-    Without a ``source`` (a bare backbone) the embedding is the mean of the patch tokens.
-    """
-    if source is None:
-        return mean_pooled_embedder(backbone), "mean-pooled patch tokens"
-    from selfpatch.models.loading import load_image_embedder
-
-    module = load_image_embedder(source, device, backbone=backbone)
-    return module, f"the method's image representation ({module.kind})"
-
-
 def _images(paths: list[Path], size: int, resize: int | None) -> Iterator[torch.Tensor]:
     for p in paths:
         img = read_rgb(p)
@@ -125,23 +112,25 @@ def _images(paths: list[Path], size: int, resize: int | None) -> Iterator[torch.
         yield to_normalized_tensor(img, (size, size))
 
 
-def evaluate_knn(backbone: torch.nn.Module, root: str | Path, source: str | None = None,
-                 k: int = 20, temperature: float = 0.07, image_size: int | None = None,
+def evaluate_knn(backbone: torch.nn.Module, root: str | Path, k: int = 20,
+                 temperature: float = 0.07, image_size: int | None = None,
                  center_crop: bool = False, device: torch.device | str = "cpu",
-                 batch_size: int = 64,
-                 embed: Callable[[torch.Tensor], torch.Tensor] | None = None, log=print) -> dict:
+                 batch_size: int = 64, embed: Embedder | None = None,
+                 embed_name: str | None = None, log=print) -> dict:
     """Embed ``train`` and ``val`` of an ImageFolder root and score weighted k-NN.
 
     Args:
         backbone: frozen backbone (used for the patch size and the default embedding).
         root: folder with ``train/<class>/`` and ``val/<class>/``.
-        source: the checkpoint string, passed to ``load_image_embedder`` when it exists.
         k, temperature: voting settings.
         image_size: side fed to the network; None = the first training image's short side,
             floored to the patch size.
         center_crop: resize the short side to ``image_size * 256 / 224`` and centre-crop
             (DINO's ImageNet setting) instead of resizing straight to the square.
-        embed: an explicit ``(B, 3, H, W) -> (B, D)`` callable (overrides the default).
+        embed: the ``(B, 3, H, W) -> (B, D)`` image embedding, e.g. the method's own image
+            representation (``models.loading.load_image_embedder``); default: the mean of
+            the backbone's patch tokens.
+        embed_name: how the report names ``embed`` (default "explicit embedder").
 
     Returns:
         ``{"top1", "top5" (percent), "settings": {...}, ...}``.
@@ -158,9 +147,9 @@ def evaluate_knn(backbone: torch.nn.Module, root: str | Path, source: str | None
         raise SelfPatchError(f"--image-size {image_size} is not a multiple of the patch size "
                              f"{patch}; choose a multiple")
     if embed is None:
-        embed, kind = resolve_embedder(source, backbone, device)
+        embed, kind = mean_pooled_embedder(backbone), "mean-pooled patch tokens"
     else:
-        kind = "explicit embedder"
+        kind = embed_name or "explicit embedder"
     resize = round(image_size * 256 / 224) if center_crop else None
     train_f = extract_embeddings(embed, _images(train_paths, image_size, resize), batch_size,
                                  device)

@@ -114,8 +114,13 @@ def run_task(task: str, source: str, backbone, opts: EvalOptions, task_dir: Path
     if task == "knn":
         data = opts.data("knn")
         size, crop = opts.knn_geometry(data.builtin, backbone.patch_size)
-        return evaluate_knn(backbone, data.root, source, opts.knn_k, opts.knn_temperature, size,
-                            crop, device, opts.batch_size, log=log)
+        from selfpatch.models.loading import load_image_embedder
+
+        embed = load_image_embedder(source, device, backbone=backbone)
+        return evaluate_knn(backbone, data.root, opts.knn_k, opts.knn_temperature, size, crop,
+                            device, opts.batch_size, embed=embed,
+                            embed_name=f"the method's image representation ({embed.kind})",
+                            log=log)
     if task == "attention":
         seg, davis = opts.data("seg"), opts.data("davis")
         return evaluate_attention(backbone, task_dir, seg.root, davis.root,
