@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -36,6 +37,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Run from a checkout without installing (e.g. on a borrowed GPU machine): this repository's
+# src/ first, for this process and the `python -m selfpatch` runs it starts.
+SRC = Path(__file__).resolve().parents[1] / "src"
+if (SRC / "selfpatch").is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 METRICS = ("J&F", "J", "F", "mIoU", "aAcc", "mAcc", "knn_top1", "knn_top5")
 SHOWN = ("J&F", "mIoU", "knn_top1")  # the columns of the markdown table; the JSON has all
