@@ -497,6 +497,36 @@ def test_dino_head_shape_and_weight_norm(norm_last_layer):
         torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(7))
 
 
+def test_dino_head_batch_norm_uses_batch_statistics_in_both_modes():
+    torch.manual_seed(6)
+    head = DINOHead(12, 7, hidden_dim=10, bottleneck_dim=5, use_bn=True)
+    x = torch.randn(6, 12)
+    # A shift shared by the whole batch passes the first Linear as a shared shift, which the
+    # batch statistics remove: the output must not change (without BN it does).
+    shift = 3.0 * torch.randn(1, 12)
+    torch.testing.assert_close(head(x + shift), head(x), rtol=1e-4, atol=1e-5)
+    plain = DINOHead(12, 7, hidden_dim=10, bottleneck_dim=5)
+    assert not torch.allclose(plain(x + shift), plain(x), atol=1e-3)
+    # eval mode (the teacher's) normalises with the batch too, as DINO's train-mode teacher.
+    train_out = head(x)
+    head.eval()
+    torch.testing.assert_close(head(x), train_out)
+    # Leading dimensions are flattened: every token of a (B, N, D) input is one BN sample.
+    tokens = torch.randn(2, 3, 12)
+    torch.testing.assert_close(head(tokens), head(tokens.reshape(6, 12)).reshape(2, 3, 7))
+
+
+def test_teacher_entropy_is_normalised_entropy_of_centred_sharpened_targets():
+    loss = DINOLoss(out_dim=2)
+    loss.center.copy_(torch.tensor([[0.5, 0.0]]))
+    # Row 1: centred logits equal -> uniform -> 1. Row 2: centred (0, ln 3 * 0.1) at temp 0.1
+    # -> probabilities (1/4, 3/4), entropy -(1/4 ln 1/4 + 3/4 ln 3/4).
+    logits = torch.tensor([[0.5, 0.0], [0.5, math.log(3) * 0.1]])
+    h2 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    expected = (1.0 + h2 / math.log(2)) / 2
+    assert abs(float(loss.teacher_entropy(logits, 0.1)) - expected) < 1e-6
+
+
 # ----------------------------------------------------------------------------- losses
 def test_dino_loss_equals_hand_computation():
     """2 teacher globals, 3 student views (2 global + 1 local), B=2, K=3, non-zero centre."""

@@ -30,6 +30,8 @@ class ModelConfig:
     patch_size: int = 16  # 0 keeps the timm architecture's own patch size
     drop_path: float = 0.1  # student only (the teacher runs in eval mode)
     init_from: str = ""  # start from a run dir / .pt checkpoint / .safetensors export
+    # default | reference: reproduce the authors' step exactly (docs/method.md, fidelity table)
+    fidelity: str = "default"
 
 
 @dataclass
@@ -55,6 +57,7 @@ class DINOConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
+    head_bn: bool = False  # BatchNorm in the heads' MLPs (DINO's --use_bn_in_head)
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
@@ -305,11 +308,18 @@ def _preset_values(preset: str, chain: tuple[str, ...] = ()) -> tuple[Path, dict
     return path, values
 
 
+# What `model.fidelity=reference` implies besides the code paths it switches (the authors'
+# choices where this project's defaults differ; docs/method.md).
+REFERENCE_IMPLIES: dict[str, Any] = {"selfpatch.border": "wrap", "dino.center_views": "all"}
+
+
 def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = None) -> Config:
     """Preset (name or YAML path) + ``key=value`` overrides -> validated :class:`Config`.
 
     A preset may start from another with a top-level ``base: <preset name or YAML file>``;
-    its own values then replace the base's, key by key.
+    its own values then replace the base's, key by key. ``model.fidelity=reference`` sets
+    the keys in :data:`REFERENCE_IMPLIES` (over the preset's values; a conflicting
+    override is an error).
     """
     cfg = Config()
     if preset:
@@ -322,6 +332,16 @@ def load_config(preset: str | None = "cpu-quick", overrides: list[str] | None = 
             raise SelfPatchError(f"override {item!r} must look like key=value, e.g. optim.epochs=5")
         key, value = item.split("=", 1)
         _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    if cfg.model.fidelity == "reference":
+        given = {item.split("=", 1)[0].strip() for item in overrides or []}
+        for key, value in REFERENCE_IMPLIES.items():
+            section, name = key.split(".")
+            current = getattr(getattr(cfg, section), name)
+            if key in given and current != value:
+                raise SelfPatchError(f"config key {key}={current!r} contradicts "
+                                     f"model.fidelity=reference, which uses {key}={value}; "
+                                     "drop one of the two")
+            setattr(getattr(cfg, section), name, value)
     validate(cfg)
     return cfg
 
@@ -412,6 +432,13 @@ def validate(cfg: Config) -> None:
         raise bad("run.precision", f"{cfg.run.precision!r} is not one of {', '.join(PRECISIONS)}")
     if cfg.dino.center_views not in ("global", "all"):
         raise bad("dino.center_views", "must be global or all")
+    if cfg.model.fidelity not in ("default", "reference"):
+        raise bad("model.fidelity", f"{cfg.model.fidelity!r} is not one of default, reference")
+    if cfg.model.fidelity == "reference":
+        for key, value in REFERENCE_IMPLIES.items():
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name) != value:
+                raise bad(key, f"model.fidelity=reference needs {key}={value}")
     if cfg.uses_selfpatch:
         # Whether k fits each grid's neighbourhood is checked where SelfPatch is built
         # (train.factory.check_buildable, called before any data or weights are touched).

@@ -22,10 +22,12 @@ class DINOObjective(nn.Module):
 
     def __init__(self, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  norm_last_layer: bool = True, student_temp: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, head_bn: bool = False,
+                 l2_eps: float = 1e-6) -> None:
         super().__init__()
         self.head_args = dict(out_dim=out_dim, hidden_dim=hidden_dim,
-                              bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer)
+                              bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer,
+                              use_bn=head_bn, l2_eps=l2_eps)
         self.loss = DINOLoss(out_dim, student_temp, center_momentum)
 
     def build_head(self, in_dim: int) -> nn.Module:
@@ -36,6 +38,10 @@ class DINOObjective(nn.Module):
                 teacher_temp: float) -> torch.Tensor:
         """Loss over views: ``student`` V x ``(B, K)``, ``teacher`` 2 x ``(B, K)`` (globals)."""
         return self.loss(student, teacher, teacher_temp)
+
+    def teacher_entropy(self, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Normalised entropy (0..1) of the teacher's targets for one view ``(B, K)``."""
+        return self.loss.teacher_entropy(teacher, teacher_temp)
 
     @torch.no_grad()
     def after_step(self, teacher_for_center: list[torch.Tensor]) -> None:

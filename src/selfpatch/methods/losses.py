@@ -3,9 +3,12 @@
 ``D(s, t) = - sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k`` with the centre
 ``c`` an EMA of the teacher's mean output. The same module serves the image loss (centre over
 global views) and the SelfPatch patch loss (its own centre, over all patch outputs).
+
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -39,6 +42,17 @@ class CenteredDistillationLoss(nn.Module):
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Centred, sharpened teacher distribution ``(..., K)`` (float32, no grad)."""
         return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def teacher_entropy(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Mean entropy of the teacher distribution over rows, divided by ``ln K`` (0-dim).
+
+        1 means uniform targets (DINO's uniform collapse: the image task has not started or
+        has collapsed), near 0 one-hot targets.
+        """
+        probs = self.teacher_probs(teacher_logits, teacher_temp)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+        return entropy / math.log(probs.shape[-1])
 
     @torch.no_grad()
     def update_center(self, teacher_logits: list[torch.Tensor]) -> None:

@@ -17,11 +17,16 @@ class SSLNetwork(nn.Module):
             ``h(all patch tokens)`` (SelfPatch); when ``None`` it is the backbone's [CLS] token
             (plain DINO).
         patch_head: g', ``(..., D) -> (..., K')``, only for SelfPatch.
+        patch_tokens_via_h_norm: the student's patch tokens reach g' through h's final
+            LayerNorm (the authors' routing; their backbone has no final norm). Needs an
+            ``aggregator`` with a ``norm`` (the mean aggregator has none: tokens pass as is).
     """
 
     def __init__(self, backbone: nn.Module, image_head: nn.Module,
-                 aggregator: nn.Module | None = None, patch_head: nn.Module | None = None) -> None:
+                 aggregator: nn.Module | None = None, patch_head: nn.Module | None = None,
+                 patch_tokens_via_h_norm: bool = False) -> None:
         super().__init__()
+        self.patch_tokens_via_h_norm = patch_tokens_via_h_norm
         self.backbone = backbone
         self.image_head = image_head
         self.aggregator = aggregator
@@ -69,9 +74,11 @@ class SSLNetwork(nn.Module):
             image_logits += list(self.image_head(self.image_representation(cls, tokens))
                                  .chunk(end - start))
             if self.patch_head is not None and start < n_patch_views:
-                patch_logits += list(self.patch_head(tokens[: (min(end, n_patch_views) - start)
-                                                            * views[start].shape[0]])
-                                     .chunk(min(end, n_patch_views) - start))
+                n_views = min(end, n_patch_views) - start
+                patch_tokens = tokens[: n_views * views[start].shape[0]]
+                if self.patch_tokens_via_h_norm and hasattr(self.aggregator, "norm"):
+                    patch_tokens = self.aggregator.norm(patch_tokens)
+                patch_logits += list(self.patch_head(patch_tokens).chunk(n_views))
             if first_tokens is None:
                 first_tokens = tokens.detach()
         return image_logits, patch_logits, first_tokens

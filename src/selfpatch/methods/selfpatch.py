@@ -91,13 +91,15 @@ class SelfPatchObjective(nn.Module):
         neighbourhood, border, k: the positives (see :class:`SelfPatchTargets`).
         aggregation, aggregation_depth: ``h`` (``attention`` = CaiT class-attention blocks,
             ``mean`` = the no-attention ablation).
-        out_dim, hidden_dim, bottleneck_dim, norm_last_layer: the patch head ``g'`` (a
-            :class:`DINOHead`, ``(..., D) -> (..., out_dim)``).
+        out_dim, hidden_dim, bottleneck_dim, norm_last_layer, head_bn, l2_eps: the patch head
+            ``g'`` (a :class:`DINOHead`, ``(..., D) -> (..., out_dim)``).
         student_temp, center_momentum: of the patch loss (its centre is separate from the
             image loss's).
         loss_weight: lambda in ``L_image + lambda * L_SelfPatch``; 0 turns the patch loss off
             (``h`` still forms the image representation).
         local_crops: whether local crops get a patch loss too (the authors' code: yes).
+        route_patches_through_h_norm: the student's patch tokens reach ``g'`` through ``h``'s
+            final LayerNorm, as in the authors' code, whose backbone has no final norm.
     """
 
     def __init__(self, *, neighbourhood: str = "3x3", border: str = "valid", k: int = 4,
@@ -105,7 +107,8 @@ class SelfPatchObjective(nn.Module):
                  out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  norm_last_layer: bool = True, student_temp: float = 0.1,
                  center_momentum: float = 0.9, loss_weight: float = 0.1,
-                 local_crops: bool = True) -> None:
+                 local_crops: bool = True, head_bn: bool = False, l2_eps: float = 1e-6,
+                 route_patches_through_h_norm: bool = False) -> None:
         super().__init__()
         if loss_weight < 0:
             raise SelfPatchError(f"selfpatch.loss_weight={loss_weight} must be >= 0")
@@ -117,7 +120,9 @@ class SelfPatchObjective(nn.Module):
         self.loss_weight, self.local_crops = loss_weight, local_crops
         self.aggregation, self.aggregation_depth = aggregation, aggregation_depth
         self.head_args = dict(out_dim=out_dim, hidden_dim=hidden_dim,
-                              bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer)
+                              bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer,
+                              use_bn=head_bn, l2_eps=l2_eps)
+        self.route_patches_through_h_norm = route_patches_through_h_norm
 
     def build_aggregator(self, dim: int, num_heads: int) -> nn.Module:
         """``h``: ``(S, L, D), (S, L) mask -> (S, D)``."""

@@ -10,7 +10,6 @@ mode and without gradient, encodes the global views (and, for SelfPatch with
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -61,7 +60,9 @@ class TeacherStudent(nn.Module):
         if selfpatch is not None:  # creation order (h, g', then g) fixes the initial weights
             aggregator = selfpatch.build_aggregator(dim, backbone.num_heads)
             patch_head = selfpatch.build_patch_head(dim)
-        self.student = SSLNetwork(backbone, objective.build_head(dim), aggregator, patch_head)
+        via_h_norm = selfpatch is not None and selfpatch.route_patches_through_h_norm
+        self.student = SSLNetwork(backbone, objective.build_head(dim), aggregator, patch_head,
+                                  patch_tokens_via_h_norm=via_h_norm)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -121,11 +122,10 @@ class TeacherStudent(nn.Module):
                 # view's (B, N_v, K) teacher logits as soon as it has used them.
                 patch_center = sp.batch_center(t_patch)
                 if diagnostics:
-                    probs = sp.patch_loss.teacher_probs(t_patch[0], teacher_temp)
-                    stats["teacher_patch_entropy"] = -(
-                        probs * probs.clamp_min(1e-12).log()).sum(-1).mean() / math.log(
-                        probs.shape[-1])
-                    del probs
+                    stats["teacher_patch_entropy"] = sp.patch_loss.teacher_entropy(
+                        t_patch[0], teacher_temp)
+            if diagnostics and hasattr(self.objective, "teacher_entropy"):
+                stats["teacher_entropy"] = self.objective.teacher_entropy(t_img[0], teacher_temp)
 
         # Student: image logits for every view, patch logits for each patch view. Runs
         # through `student_runner` (the DDP wrapper in distributed runs).

@@ -10,12 +10,15 @@ by a plain ``timm.create_model`` call from an exported file.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfpatch.errors import SelfPatchError
@@ -33,17 +36,23 @@ class BackboneSpec:
     """Everything needed to rebuild a backbone: a timm model name plus keyword arguments.
 
     ``timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)`` rebuilds it.
+    ``pos_resize`` says how position embeddings reach other grid sizes: ``timm``
+    (``resample_abs_pos_embed``: bicubic to the exact size, antialiased) or ``reference``
+    (DINO's and the SelfPatch authors' ``interpolate_pos_encoding``: bicubic with
+    ``scale_factor = (n + 0.1) / n0``, no antialiasing). Plain timm always does ``timm``.
     """
 
     timm_name: str
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    pos_resize: str = "timm"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
-        return cls(timm_name=str(d["timm_name"]), timm_kwargs=dict(d.get("timm_kwargs", {})))
+        return cls(timm_name=str(d["timm_name"]), timm_kwargs=dict(d.get("timm_kwargs", {})),
+                   pos_resize=str(d.get("pos_resize", "timm")))
 
 
 def make_backbone_spec(
@@ -51,6 +60,8 @@ def make_backbone_spec(
     patch_size: int = 0,
     img_size: int = 224,
     class_token: bool = False,
+    final_norm: bool = True,
+    pos_resize: str = "timm",
 ) -> BackboneSpec:
     """Resolve ``arch`` (alias or timm name) and options into a :class:`BackboneSpec`.
 
@@ -61,7 +72,12 @@ def make_backbone_spec(
             embeddings), this only sets the stored position-embedding grid.
         class_token: keep timm's [CLS] token. SelfPatch does not need one (the aggregation
             module makes the image representation); plain DINO uses it.
+        final_norm: keep the final LayerNorm (False: raw last-block tokens, as the SelfPatch
+            authors' ViT; needs a timm with the ``final_norm`` argument).
+        pos_resize: ``timm`` or ``reference`` (see :class:`BackboneSpec`).
     """
+    if pos_resize not in POS_RESIZES:
+        raise SelfPatchError(f"pos_resize={pos_resize!r} is not one of {POS_RESIZES}")
     name = ARCH_ALIASES.get(arch, arch)
     if not name.startswith("vit_") or name not in timm.list_models("vit_*"):
         raise SelfPatchError(
@@ -80,7 +96,44 @@ def make_backbone_spec(
     }
     if patch_size:
         kwargs["patch_size"] = int(patch_size)
-    return BackboneSpec(timm_name=name, timm_kwargs=kwargs)
+    if not final_norm:  # only when asked, so default specs load with any timm >= 1.0
+        from timm.models.vision_transformer import VisionTransformer
+
+        if "final_norm" not in inspect.signature(VisionTransformer.__init__).parameters:
+            raise SelfPatchError(f"a ViT without final norm needs timm >= 1.0.11 (this is "
+                                 f"{timm.__version__}); pip install -U timm")
+        kwargs["final_norm"] = False
+    return BackboneSpec(timm_name=name, timm_kwargs=kwargs, pos_resize=pos_resize)
+
+
+POS_RESIZES = ("timm", "reference")
+
+
+def reference_pos_embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``VisionTransformer._pos_embed`` with DINO's resizing of the position table.
+
+    ``x``: ``(B, H, W, D)`` patch embeddings (``dynamic_img_size``) -> ``(B, T, D)`` tokens
+    with prefix tokens and position embeddings added. For a grid other than the stored
+    ``(h0, w0)`` the table is resized by ``F.interpolate(..., scale_factor=((H + 0.1) / h0,
+    (W + 0.1) / w0), mode="bicubic")`` without antialiasing, DINO's
+    ``interpolate_pos_encoding`` (the 0.1 makes the output exactly ``H x W``).
+    """
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+    n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    prefix_pos, grid_pos = vit.pos_embed[:, :n_prefix], vit.pos_embed[:, n_prefix:]
+    h0, w0 = vit.patch_embed.grid_size
+    if (h, w) != (h0, w0):
+        table = grid_pos.reshape(1, h0, w0, d).permute(0, 3, 1, 2)
+        table = F.interpolate(table.float(), scale_factor=((h + 0.1) / h0, (w + 0.1) / w0),
+                              mode="bicubic").to(grid_pos.dtype)
+        grid_pos = table.permute(0, 2, 3, 1).reshape(1, h * w, d)
+    prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    if vit.no_embed_class:
+        x = torch.cat(prefix + [x + grid_pos], dim=1)
+    else:
+        x = torch.cat(prefix + [x], dim=1) + torch.cat([prefix_pos, grid_pos], dim=1)
+    return vit.pos_drop(x)
 
 
 class ViTBackbone(nn.Module):
@@ -96,6 +149,12 @@ class ViTBackbone(nn.Module):
         self.vit = timm.create_model(
             spec.timm_name, pretrained=False, drop_path_rate=drop_path_rate, **spec.timm_kwargs
         )
+        if spec.pos_resize == "reference":
+            # An instance attribute shadows the method: forward_features calls it as usual.
+            self.vit._pos_embed = functools.partial(reference_pos_embed, self.vit)
+        elif spec.pos_resize != "timm":
+            raise SelfPatchError(f"backbone pos_resize={spec.pos_resize!r} is not one of "
+                                 f"{POS_RESIZES}")
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
         self.embed_dim = int(self.vit.embed_dim)
         self.num_heads = int(self.vit.blocks[0].attn.num_heads)

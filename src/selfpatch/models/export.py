@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from selfpatch.checkpoint import backbone_state, load_training_checkpoint, resolve_checkpoint_path
 from selfpatch.io import atomic_write
 from selfpatch.models.backbone import BackboneSpec
-from selfpatch.models.loading import EXPORT_META_KWARGS, EXPORT_META_NAME
+from selfpatch.models.loading import EXPORT_META_KWARGS, EXPORT_META_NAME, EXPORT_META_POS_RESIZE
 
 
 def export_backbone(source: str | Path, out: str | Path | None = None,
@@ -39,7 +39,7 @@ def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
     """Write a timm ViT state dict to ``out`` (safetensors, atomically) with the metadata
     :func:`~selfpatch.models.loading.load_backbone` and plain timm need to rebuild it."""
     meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
-            **(extra_meta or {})}
+            EXPORT_META_POS_RESIZE: spec.pos_resize, **(extra_meta or {})}
     tensors = {k: v.contiguous() for k, v in state.items()}
     return atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -47,5 +47,8 @@ def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
 def timm_load_snippet(path: Path, spec: BackboneSpec) -> str:
     """The Python lines that load an export with timm alone."""
     kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.timm_kwargs.items())
-    return (f"import timm\nmodel = timm.create_model({spec.timm_name!r}, pretrained=True, "
+    note = ("# trained with DINO's position-embedding resizing (model.fidelity=reference): at "
+            "sizes other than img_size, timm's own resizing gives slightly different tokens\n"
+            if spec.pos_resize == "reference" else "")
+    return (f"{note}import timm\nmodel = timm.create_model({spec.timm_name!r}, pretrained=True, "
             f"pretrained_cfg_overlay=dict(file={str(path)!r}), {kwargs})")

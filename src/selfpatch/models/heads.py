@@ -18,18 +18,30 @@ class DINOHead(nn.Module):
     MLP (``nlayers`` Linear layers with GELU, hidden ``hidden_dim``) to a ``bottleneck_dim``
     vector, L2-normalised, then a weight-normalised linear layer without bias. With
     ``norm_last_layer`` the weight norm's magnitude is fixed to 1 (DINO's stabiliser).
+
+    ``use_bn`` adds BatchNorm after each hidden Linear (DINO's ``--use_bn_in_head``). It
+    always normalises with the statistics of the batch it is given (all leading dimensions
+    flattened, so every token of a ``(B, N, D)`` input counts): DINO's teacher runs in train
+    mode and so uses batch statistics, while the teacher here runs in eval mode, and running
+    statistics would not be EMA-updated with the weights. Under DDP the statistics are per
+    device (DINO converts to SyncBatchNorm). ``l2_eps`` guards the bottleneck normalisation
+    (the reference code uses torch's default 1e-12).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True) -> None:
+                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
+                 use_bn: bool = False, l2_eps: float = 1e-6) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (max(nlayers, 1) - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < len(dims) - 2:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(dims[i + 1], track_running_stats=False))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
+        self.l2_eps = l2_eps
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -41,7 +53,9 @@ class DINOHead(nn.Module):
         magnitude.requires_grad_(not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+        lead = x.shape[:-1]
+        x = F.normalize(self.mlp(x.reshape(-1, x.shape[-1])), dim=-1, eps=self.l2_eps)
+        x = x.reshape(*lead, x.shape[-1])
         # The prototype scores are divided by temperatures as low as 0.04: under bf16 autocast
         # their rounding (~0.1 logit) would be amplified, so this layer always runs in fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):

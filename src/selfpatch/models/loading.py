@@ -31,6 +31,7 @@ from selfpatch.models.backbone import BackboneSpec, ViTBackbone, make_backbone_s
 
 EXPORT_META_NAME = "selfpatch.timm_name"
 EXPORT_META_KWARGS = "selfpatch.timm_kwargs"
+EXPORT_META_POS_RESIZE = "selfpatch.pos_resize"
 
 
 def load_backbone_state(vit: torch.nn.Module, state: dict, origin: str) -> None:
@@ -60,7 +61,8 @@ def _load_export(path: Path) -> ViTBackbone:
         raise SelfPatchError(
             f"{path} has no {EXPORT_META_NAME} metadata; export it with `selfpatch export`"
         )
-    spec = BackboneSpec(meta[EXPORT_META_NAME], json.loads(meta.get(EXPORT_META_KWARGS, "{}")))
+    spec = BackboneSpec(meta[EXPORT_META_NAME], json.loads(meta.get(EXPORT_META_KWARGS, "{}")),
+                        pos_resize=meta.get(EXPORT_META_POS_RESIZE, "timm"))
     backbone = ViTBackbone(spec)
     load_backbone_state(backbone.vit, load_file(str(path)), str(path))
     return backbone

@@ -34,9 +34,17 @@ from selfpatch.train.schedules import cosine_schedule, teacher_temperature_sched
 
 # ----------------------------------------------------------------------------- model
 def build_backbone(cfg: Config) -> ViTBackbone:
-    """The student backbone named by ``cfg.model`` (DINO keeps a [CLS] token, SelfPatch not)."""
+    """The student backbone named by ``cfg.model`` (DINO keeps a [CLS] token, SelfPatch not).
+
+    ``model.fidelity=reference``: DINO's position-embedding resizing and, for SelfPatch, no
+    final LayerNorm (the authors' ViT).
+    """
+    reference = cfg.model.fidelity == "reference"
+    # The authors' SelfPatch ViT has no final LayerNorm (their DINO baseline's ViT has one).
     spec = make_backbone_spec(cfg.model.arch, cfg.model.patch_size, cfg.data.global_size,
-                              class_token=not cfg.uses_selfpatch)
+                              class_token=not cfg.uses_selfpatch,
+                              final_norm=not (reference and cfg.uses_selfpatch),
+                              pos_resize="reference" if reference else "timm")
     return ViTBackbone(spec, drop_path_rate=cfg.model.drop_path)
 
 
@@ -49,7 +57,12 @@ def build_image_objective(cfg: Config) -> torch.nn.Module:
     return IMAGE_OBJECTIVES[cfg.image_objective](
         out_dim=d.out_dim, hidden_dim=d.hidden_dim, bottleneck_dim=d.bottleneck_dim,
         norm_last_layer=d.norm_last_layer, student_temp=d.student_temp,
-        center_momentum=d.center_momentum)
+        center_momentum=d.center_momentum, head_bn=d.head_bn, l2_eps=_l2_eps(cfg))
+
+
+def _l2_eps(cfg: Config) -> float:
+    """The heads' L2-normalisation eps: 1e-12 in the reference code (torch's default)."""
+    return 1e-12 if cfg.model.fidelity == "reference" else 1e-6
 
 
 def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
@@ -57,7 +70,8 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
 
     The patch head's MLP widths, last-layer normalisation and student temperature are the
     image head's (``dino.hidden_dim``, ``dino.bottleneck_dim``, ``dino.norm_last_layer``,
-    ``dino.student_temp``), as in the authors' code; only its output size is its own.
+    ``dino.student_temp``, ``dino.head_bn``), as in the authors' code; only its output size is
+    its own.
     """
     if not cfg.uses_selfpatch:
         return None
@@ -67,7 +81,9 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
         aggregation_depth=sp.aggregation_depth, out_dim=sp.out_dim, hidden_dim=d.hidden_dim,
         bottleneck_dim=d.bottleneck_dim, norm_last_layer=d.norm_last_layer,
         student_temp=d.student_temp, center_momentum=sp.center_momentum,
-        loss_weight=sp.loss_weight, local_crops=sp.local_crops)
+        loss_weight=sp.loss_weight, local_crops=sp.local_crops, head_bn=d.head_bn,
+        l2_eps=_l2_eps(cfg),
+        route_patches_through_h_norm=cfg.model.fidelity == "reference")
 
 
 def build_teacher_student(cfg: Config, backbone: torch.nn.Module | None = None) -> TeacherStudent:
@@ -191,7 +207,8 @@ def build_schedules(cfg: Config, iters_per_epoch: int, world_size: int) -> Sched
     o = cfg.optim
     lr = o.base_lr * o.batch_size * world_size / 256.0
     return Schedules(
-        lr=cosine_schedule(lr, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs),
+        lr=cosine_schedule(lr, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs,
+                           warmup_endpoint=cfg.model.fidelity == "reference"),
         weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs,
                                      iters_per_epoch),
         momentum=cosine_schedule(cfg.dino.momentum_teacher, cfg.dino.momentum_teacher_end,

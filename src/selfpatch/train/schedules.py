@@ -6,12 +6,19 @@ import numpy as np
 
 
 def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int,
-                    warmup_epochs: int = 0, warmup_start: float = 0.0) -> np.ndarray:
+                    warmup_epochs: int = 0, warmup_start: float = 0.0,
+                    warmup_endpoint: bool = False) -> np.ndarray:
     """``epochs * iters_per_epoch`` values: linear ``warmup_start -> base`` over the warm-up
-    iterations, then half a cosine from ``base`` down (or up) to ``final``."""
+    iterations, then half a cosine from ``base`` down (or up) to ``final``.
+
+    ``warmup_endpoint``: the last warm-up step already equals ``base`` (DINO's and the
+    SelfPatch authors' ``np.linspace`` default); without it the warm-up stops one increment
+    short and ``base`` comes on the first cosine step.
+    """
     total = epochs * iters_per_epoch
     warm = min(warmup_epochs * iters_per_epoch, total)
-    warmup = np.linspace(warmup_start, base, warm, endpoint=False) if warm else np.array([])
+    warmup = (np.linspace(warmup_start, base, warm, endpoint=warmup_endpoint) if warm
+              else np.array([]))
     t = np.arange(total - warm)
     span = max(total - warm, 1)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t / span))
