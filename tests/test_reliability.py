@@ -200,6 +200,17 @@ def test_resume_with_another_config_is_refused_unless_allowed(images, tmp_path):
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 4  # 2x2
 
 
+def test_keys_added_after_a_run_started_count_as_their_defaults():
+    from selfpatch.config import load_config, resume_changes
+
+    cfg = load_config("cpu-quick")
+    saved = cfg.to_dict()
+    del saved["dino"]["head_bn"], saved["model"]["fidelity"]  # a run from before these keys
+    assert resume_changes(saved, cfg) == []
+    assert resume_changes(saved, load_config("cpu-quick", ["dino.head_bn=true"])) == [
+        "dino.head_bn"]
+
+
 def test_resume_trims_metrics_logged_after_the_checkpoint_and_stale_temporaries(images,
                                                                              tmp_path):
     run = pretrain(cfg_for(images, tmp_path / "run", "optim.epochs=2", "optim.max_steps=3"))

@@ -146,8 +146,11 @@ RESUME_FREE_KEYS = frozenset({
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     """Keys whose value differs between a checkpoint's config and ``cfg`` and that a resumed
-    run may not change (neither free nor listed in ``run.allow_changes``)."""
-    old, new = flatten_dict(saved), flatten_dict(cfg.to_dict())
+    run may not change (neither free nor listed in ``run.allow_changes``). A key the saved
+    config lacks (added to this project after the run started) counts as its default, which
+    is what the run used."""
+    old = {**flatten_dict(Config().to_dict()), **flatten_dict(saved)}
+    new = flatten_dict(cfg.to_dict())
     allowed = RESUME_FREE_KEYS | set(cfg.run.allow_changes)
     return sorted(k for k in old.keys() | new.keys()
                   if k not in allowed and old.get(k) != new.get(k))
