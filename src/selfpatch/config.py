@@ -19,7 +19,7 @@ from selfpatch.errors import SelfPatchError
 from selfpatch.runtime import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-METHODS = ("dino", "dino+selfpatch")
+METHODS = ("dino", "dino+selfpatch", "mocov3", "mocov3+selfpatch", "moby", "moby+selfpatch")
 
 
 @dataclass
@@ -67,6 +67,28 @@ class DINOConfig:
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class MoCoConfig:
+    """Image-level MoCo-v3 objective (``method=mocov3[+selfpatch]``; MoCo-v3's ViT defaults)."""
+
+    dim: int = 256  # projector / predictor output
+    hidden_dim: int = 4096  # projector hidden width
+    pred_hidden_dim: int = 4096  # predictor hidden width
+    temperature: float = 0.2
+    momentum: float = 0.99  # EMA momentum, cosine to 1 (dino.momentum_teacher is DINO's)
+
+
+@dataclass
+class MoBYConfig:
+    """Image-level MoBY objective (``method=moby[+selfpatch]``; MoBY's defaults)."""
+
+    dim: int = 256  # projector / predictor output
+    hidden_dim: int = 4096  # projector / predictor hidden width
+    queue_size: int = 4096  # negatives per queue (one queue per global view)
+    temperature: float = 0.2
+    momentum: float = 0.99  # EMA momentum, cosine to 1
 
 
 @dataclass
@@ -158,13 +180,16 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
 
 @dataclass
 class Config:
-    """The whole run. ``method``: ``dino`` or ``dino+selfpatch``."""
+    """The whole run. ``method``: ``dino``, ``mocov3``, ``moby``, each optionally with
+    ``+selfpatch``."""
 
     method: str = "dino+selfpatch"
     preset: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    moby: MoBYConfig = field(default_factory=MoBYConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -377,6 +402,16 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "dino.momentum_teacher": (0.0, 1.0, False, False),
     "dino.momentum_teacher_end": (0.0, 1.0, False, False),
     "dino.freeze_last_layer_epochs": (0, None, False, False),
+    "moco.dim": (1, None, False, False),
+    "moco.hidden_dim": (1, None, False, False),
+    "moco.pred_hidden_dim": (1, None, False, False),
+    "moco.temperature": (0.0, None, True, False),
+    "moco.momentum": (0.0, 1.0, False, False),
+    "moby.dim": (1, None, False, False),
+    "moby.hidden_dim": (1, None, False, False),
+    "moby.queue_size": (1, None, False, False),
+    "moby.temperature": (0.0, None, True, False),
+    "moby.momentum": (0.0, 1.0, False, False),
     "data.global_size": (1, None, False, False),
     "data.local_size": (1, None, False, False),
     "data.n_local": (0, None, False, False),

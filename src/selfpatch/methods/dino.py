@@ -1,10 +1,4 @@
-"""DINO as a pluggable image-level objective.
-
-An image-level objective provides a head (part of the student, copied into the teacher and
-EMA-updated with it), a loss over multi-crop views, and a post-step update. SelfPatch only
-needs the backbone's patch tokens, so other objectives (MoBY, MoCo-v3) plug in here without
-touching :mod:`selfpatch.methods.selfpatch`.
-"""
+"""DINO as an image-level objective (:class:`~selfpatch.methods.objective.ImageObjective`)."""
 
 from __future__ import annotations
 
@@ -12,10 +6,11 @@ import torch
 from torch import nn
 
 from selfpatch.methods.losses import DINOLoss
+from selfpatch.methods.objective import ImageObjective
 from selfpatch.models.heads import DINOHead
 
 
-class DINOObjective(nn.Module):
+class DINOObjective(ImageObjective):
     """DINO: heads with ``out_dim`` prototypes, centred/sharpened cross-entropy over view pairs."""
 
     name = "dino"
@@ -48,5 +43,3 @@ class DINOObjective(nn.Module):
         """Update the centre with this step's teacher outputs."""
         self.loss.update_center(teacher_for_center)
 
-
-IMAGE_OBJECTIVES = {"dino": DINOObjective}

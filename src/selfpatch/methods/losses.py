@@ -133,3 +133,43 @@ class PatchDistillationLoss(CenteredDistillationLoss):
                                                   self.student_temp).mean())
             del s, t
         return torch.stack(losses).mean()
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows of ``x`` (no gradient) and the offset of this process's rows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts), dist.get_rank() * x.shape[0]
+
+
+def moco_contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo-v3's InfoNCE: ``q`` ``(B, C)`` against the keys ``k`` ``(B, C)`` of all processes.
+
+    Row ``i`` of ``q`` has ``k[i]`` as its positive and every other key in the (global) batch
+    as a negative; cosine similarities over ``temperature``; cross-entropy scaled by
+    ``2 * temperature`` (MoCo-v3's normalisation). ``k`` gets no gradient.
+    """
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.detach().float(), dim=1)
+    keys, offset = gather_rows(k)
+    logits = q @ keys.T / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + offset
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+def queue_contrastive_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """MoBY's (and MoCo-v1/v2's) InfoNCE with a queue of negatives.
+
+    ``q`` ``(B, C)`` and ``k`` ``(B, C)`` L2-normalised rows (``k`` gets no gradient),
+    ``queue`` ``(C, Q)`` normalised past keys. Row ``i``: positive ``q_i . k_i``, negatives
+    ``q_i . queue``; cross-entropy with the positive first, logits over ``temperature``.
+    """
+    q, k = q.float(), k.detach().float()
+    positive = (q * k).sum(dim=1, keepdim=True)
+    # A copy: the caller enqueues new keys before backward, which needs this matrix.
+    negative = q @ queue.detach().float().clone()
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

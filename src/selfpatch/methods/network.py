@@ -17,6 +17,8 @@ class SSLNetwork(nn.Module):
             ``h(all patch tokens)`` (SelfPatch); when ``None`` it is the backbone's [CLS] token
             (plain DINO).
         patch_head: g', ``(..., D) -> (..., K')``, only for SelfPatch.
+        predictor: applied after g by the student's forward only (MoCo-v3); the teacher
+            calls ``image_head`` directly, so its EMA copy is never used.
         patch_tokens_via_h_norm: the student's patch tokens reach g' through h's final
             LayerNorm (the authors' routing; their backbone has no final norm). Needs an
             ``aggregator`` with a ``norm`` (the mean aggregator has none: tokens pass as is).
@@ -24,8 +26,10 @@ class SSLNetwork(nn.Module):
 
     def __init__(self, backbone: nn.Module, image_head: nn.Module,
                  aggregator: nn.Module | None = None, patch_head: nn.Module | None = None,
-                 patch_tokens_via_h_norm: bool = False) -> None:
+                 patch_tokens_via_h_norm: bool = False,
+                 predictor: nn.Module | None = None) -> None:
         super().__init__()
+        self.predictor = predictor
         self.patch_tokens_via_h_norm = patch_tokens_via_h_norm
         self.backbone = backbone
         self.image_head = image_head
@@ -71,8 +75,10 @@ class SSLNetwork(nn.Module):
         first_tokens = None
         for start, end in groups:
             cls, tokens, _ = self.encode(views, start, end)
-            image_logits += list(self.image_head(self.image_representation(cls, tokens))
-                                 .chunk(end - start))
+            out = self.image_head(self.image_representation(cls, tokens))
+            if self.predictor is not None:
+                out = self.predictor(out)
+            image_logits += list(out.chunk(end - start))
             if self.patch_head is not None and start < n_patch_views:
                 n_views = min(end, n_patch_views) - start
                 patch_tokens = tokens[: n_views * views[start].shape[0]]

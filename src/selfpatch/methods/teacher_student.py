@@ -36,8 +36,10 @@ class TeacherStudent(nn.Module):
         backbone: the student backbone ``f`` (``forward_tokens``, ``grid_shape``,
             ``embed_dim``, ``num_heads``; e.g. :class:`~selfpatch.models.backbone.ViTBackbone`);
             the teacher is a copy. SelfPatch backbones usually have no [CLS] token.
-        objective: the image-level objective (e.g. :class:`~selfpatch.methods.dino.DINOObjective`):
-            builds the head ``g``, computes the image loss, updates its state after a step.
+        objective: the image-level objective (an
+            :class:`~selfpatch.methods.objective.ImageObjective`: DINO, MoCo-v3): builds the
+            head ``g`` (and a student-only predictor), computes the image loss, updates its
+            state after a step.
         selfpatch: the patch-level objective; ``None`` = the image objective alone (plain DINO).
             When given, the image representation is ``h`` over all patch tokens.
         center_views: ``global`` (DINO: the image centre sees the 2 global views) or ``all``
@@ -62,7 +64,8 @@ class TeacherStudent(nn.Module):
             patch_head = selfpatch.build_patch_head(dim)
         via_h_norm = selfpatch is not None and selfpatch.route_patches_through_h_norm
         self.student = SSLNetwork(backbone, objective.build_head(dim), aggregator, patch_head,
-                                  patch_tokens_via_h_norm=via_h_norm)
+                                  patch_tokens_via_h_norm=via_h_norm,
+                                  predictor=objective.build_predictor())
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()

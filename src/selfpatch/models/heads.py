@@ -60,3 +60,34 @@ class DINOHead(nn.Module):
         # their rounding (~0.1 logit) would be amplified, so this layer always runs in fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.last_layer(x.float())
+
+
+class ProjectionMLP(nn.Module):
+    """Projector / predictor MLP of MoCo-v3 and MoBY: ``(B, in_dim) -> (B, out_dim)``.
+
+    ``num_layers`` Linear layers (with or without ``bias``); BatchNorm and ReLU after each
+    hidden one, and a BatchNorm without affine parameters after the last when ``last_bn``
+    (MoCo-v3's projector: ``bias=False, last_bn=True``; its predictor: ``bias=False,
+    last_bn=False``; MoBY's both: ``bias=True, last_bn=False``). As in :class:`DINOHead`,
+    BatchNorm always uses the batch's statistics (their momentum encoders run in train mode;
+    the teacher here runs in eval mode).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int,
+                 last_bn: bool = False, bias: bool = False) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers={num_layers} must be >= 1")
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            d_in = in_dim if i == 0 else hidden_dim
+            d_out = out_dim if i == num_layers - 1 else hidden_dim
+            layers.append(nn.Linear(d_in, d_out, bias=bias))
+            if i < num_layers - 1:
+                layers += [nn.BatchNorm1d(d_out, track_running_stats=False), nn.ReLU(inplace=True)]
+            elif last_bn:
+                layers.append(nn.BatchNorm1d(d_out, affine=False, track_running_stats=False))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)

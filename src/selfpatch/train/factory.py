@@ -5,6 +5,7 @@ loader, the schedules). Components below take plain arguments and validate them 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from selfpatch.data.transforms import (
     multicrop_collate,
 )
 from selfpatch.errors import SelfPatchError
-from selfpatch.methods.dino import IMAGE_OBJECTIVES
+from selfpatch.methods.dino import DINOObjective
+from selfpatch.methods.moby import MoBYObjective
+from selfpatch.methods.moco import MoCoV3Objective
+from selfpatch.methods.objective import ImageObjective
 from selfpatch.methods.selfpatch import SelfPatchObjective
 from selfpatch.methods.teacher_student import TeacherStudent
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
@@ -48,16 +52,43 @@ def build_backbone(cfg: Config) -> ViTBackbone:
     return ViTBackbone(spec, drop_path_rate=cfg.model.drop_path)
 
 
-def build_image_objective(cfg: Config) -> torch.nn.Module:
-    """The image-level objective named by ``cfg.method`` (``dino`` for dino and dino+selfpatch)."""
-    if cfg.image_objective not in IMAGE_OBJECTIVES:
-        raise SelfPatchError(f"method={cfg.method!r}: unknown image objective "
-                             f"{cfg.image_objective!r}; one of {sorted(IMAGE_OBJECTIVES)}")
+def _dino(cfg: Config) -> DINOObjective:
     d = cfg.dino
-    return IMAGE_OBJECTIVES[cfg.image_objective](
+    return DINOObjective(
         out_dim=d.out_dim, hidden_dim=d.hidden_dim, bottleneck_dim=d.bottleneck_dim,
         norm_last_layer=d.norm_last_layer, student_temp=d.student_temp,
         center_momentum=d.center_momentum, head_bn=d.head_bn, l2_eps=_l2_eps(cfg))
+
+
+def _mocov3(cfg: Config) -> MoCoV3Objective:
+    m = cfg.moco
+    return MoCoV3Objective(dim=m.dim, hidden_dim=m.hidden_dim,
+                           pred_hidden_dim=m.pred_hidden_dim, temperature=m.temperature)
+
+
+def _moby(cfg: Config) -> MoBYObjective:
+    m = cfg.moby
+    return MoBYObjective(dim=m.dim, hidden_dim=m.hidden_dim, queue_size=m.queue_size,
+                         temperature=m.temperature)
+
+
+# Image-level objectives by the name before "+selfpatch" in `method`: builder from the config
+# and the teacher's EMA momentum schedule (start, end; cosine). Adding one: an
+# ImageObjective subclass (methods/objective.py), a builder and a config section here.
+IMAGE_OBJECTIVES: dict[str, tuple[Callable[[Config], ImageObjective],
+                                  Callable[[Config], tuple[float, float]]]] = {
+    "dino": (_dino, lambda cfg: (cfg.dino.momentum_teacher, cfg.dino.momentum_teacher_end)),
+    "mocov3": (_mocov3, lambda cfg: (cfg.moco.momentum, 1.0)),
+    "moby": (_moby, lambda cfg: (cfg.moby.momentum, 1.0)),
+}
+
+
+def build_image_objective(cfg: Config) -> ImageObjective:
+    """The image-level objective named by ``cfg.method`` (``dino``, ``mocov3``, ``moby``)."""
+    if cfg.image_objective not in IMAGE_OBJECTIVES:
+        raise SelfPatchError(f"method={cfg.method!r}: unknown image objective "
+                             f"{cfg.image_objective!r}; one of {sorted(IMAGE_OBJECTIVES)}")
+    return IMAGE_OBJECTIVES[cfg.image_objective][0](cfg)
 
 
 def _l2_eps(cfg: Config) -> float:
@@ -211,8 +242,8 @@ def build_schedules(cfg: Config, iters_per_epoch: int, world_size: int) -> Sched
                            warmup_endpoint=cfg.model.fidelity == "reference"),
         weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs,
                                      iters_per_epoch),
-        momentum=cosine_schedule(cfg.dino.momentum_teacher, cfg.dino.momentum_teacher_end,
-                                 o.epochs, iters_per_epoch),
+        momentum=cosine_schedule(*IMAGE_OBJECTIVES[cfg.image_objective][1](cfg), o.epochs,
+                                 iters_per_epoch),
         teacher_temp=teacher_temperature_schedule(
             cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp,
             cfg.dino.warmup_teacher_temp_epochs, o.epochs),
