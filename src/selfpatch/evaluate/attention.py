@@ -309,9 +309,12 @@ def evaluate_attention(backbone, out_dir: str | Path, seg_root: str | Path | Non
     pictures: dict[str, str] = {}
     if seg_root is not None:
         images, labels = sample_images(seg_root, num_images, backbone.patch_size)
-        path = out_dir / "attention.png"
-        attention_figure(backbone, images, labels, queries, fraction, device).save(path)
-        pictures["attention"] = str(path)
+        if getattr(backbone, "has_global_attention", True):
+            path = out_dir / "attention.png"
+            attention_figure(backbone, images, labels, queries, fraction, device).save(path)
+            pictures["attention"] = str(path)
+        elif log:
+            log("attention: no attention picture (the backbone has no global self-attention)")
         path = out_dir / "pca.png"
         pca_figure(backbone, images, device, batch_size).save(path)
         pictures["pca"] = str(path)

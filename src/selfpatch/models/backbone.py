@@ -28,6 +28,7 @@ ARCH_ALIASES = {
     "vit_tiny": "vit_tiny_patch16_224",
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
+    "swin_tiny": "swin_tiny_patch4_window7_224",
 }
 
 
@@ -66,7 +67,9 @@ def make_backbone_spec(
     """Resolve ``arch`` (alias or timm name) and options into a :class:`BackboneSpec`.
 
     Args:
-        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` or any timm ``vit_*`` name.
+        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` or any timm ``vit_*`` name; or
+            ``swin_tiny`` / a timm ``swin_*`` name (:class:`SwinBackbone`: the other options
+            except ``img_size`` do not apply and must keep their defaults).
         patch_size: patch side in pixels; 0 keeps the architecture's own.
         img_size: nominal (global-crop) size; other sizes still work (dynamic position
             embeddings), this only sets the stored position-embedding grid.
@@ -79,9 +82,17 @@ def make_backbone_spec(
     if pos_resize not in POS_RESIZES:
         raise SelfPatchError(f"pos_resize={pos_resize!r} is not one of {POS_RESIZES}")
     name = ARCH_ALIASES.get(arch, arch)
+    if name.startswith("swin_") and name in timm.list_models("swin_*"):
+        if patch_size or not final_norm or pos_resize != "timm":
+            raise SelfPatchError(f"model.arch={arch!r}: a Swin keeps its own patch size (4), "
+                                 "final norm and relative positions; set model.patch_size=0 "
+                                 "and model.fidelity=default")
+        return BackboneSpec(timm_name=name, timm_kwargs={
+            "num_classes": 0, "img_size": int(img_size), "dynamic_img_size": True,
+            "strict_img_size": False})
     if not name.startswith("vit_") or name not in timm.list_models("vit_*"):
         raise SelfPatchError(
-            f"model.arch={arch!r} is not a known timm ViT; use one of "
+            f"model.arch={arch!r} is not a known timm ViT or Swin; use one of "
             f"{sorted(ARCH_ALIASES)} or a timm name such as vit_small_patch8_224"
         )
     kwargs: dict[str, Any] = {
@@ -156,6 +167,7 @@ class ViTBackbone(nn.Module):
             raise SelfPatchError(f"backbone pos_resize={spec.pos_resize!r} is not one of "
                                  f"{POS_RESIZES}")
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
+        self.has_global_attention = True  # last_self_attention gives a (T, T) map
         self.embed_dim = int(self.vit.embed_dim)
         self.num_heads = int(self.vit.blocks[0].attn.num_heads)
         self.num_prefix_tokens = int(self.vit.num_prefix_tokens)
@@ -226,3 +238,48 @@ class ViTBackbone(nn.Module):
         q, k = attn.q_norm(q), attn.k_norm(k)
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         return logits.softmax(dim=-1)
+
+
+class SwinBackbone(ViTBackbone):
+    """A timm Swin Transformer seen through the ViT interface: last-stage tokens on their grid.
+
+    The "patch" is the last stage's stride (32 px for ``swin_tiny``: a 224 px crop gives a 7x7
+    grid, 96 px 3x3); inputs must be multiples of it (timm pads to whole windows inside).
+    There is no [CLS] token: ``forward_tokens`` returns the average of the tokens in its place
+    (Swin's and MoBY's image representation). ``vit`` holds the timm model (the attribute name
+    is shared with :class:`ViTBackbone` so checkpoints keep one key layout).
+    """
+
+    def __init__(self, spec: BackboneSpec, drop_path_rate: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        self.spec = spec
+        self.vit = timm.create_model(spec.timm_name, pretrained=False,
+                                     drop_path_rate=drop_path_rate, **spec.timm_kwargs)
+        self.patch_size = int(self.vit.patch_embed.patch_size[0]) * 2 ** (len(self.vit.layers) - 1)
+        self.embed_dim = int(self.vit.num_features)
+        last_block = self.vit.layers[-1].blocks[-1]
+        self.num_heads = int(last_block.attn.num_heads)
+        self.num_prefix_tokens = 0
+        self.has_global_attention = False
+        self.inference_dtype = None
+
+    def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean token (B, D), tokens (B, N, D))`` of the last stage, after the final norm."""
+        self.grid_shape(images.shape[-2], images.shape[-1])
+        features = self.__dict__.get("_compiled_features") or self.vit.forward_features
+        with self._autocast(images):
+            tokens = features(images)  # (B, h, w, D)
+        if self.inference_dtype is not None:
+            tokens = tokens.float()
+        tokens = tokens.flatten(1, 2)
+        return tokens.mean(dim=1), tokens
+
+    def last_self_attention(self, images: torch.Tensor) -> torch.Tensor:
+        raise SelfPatchError("a Swin backbone has no global self-attention to draw (its "
+                             "attention is within shifted windows)")
+
+
+def build_backbone_from_spec(spec: BackboneSpec, drop_path_rate: float = 0.0) -> ViTBackbone:
+    """:class:`SwinBackbone` for timm ``swin_*`` names, :class:`ViTBackbone` otherwise."""
+    cls = SwinBackbone if spec.timm_name.startswith("swin_") else ViTBackbone
+    return cls(spec, drop_path_rate=drop_path_rate)

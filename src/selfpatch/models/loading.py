@@ -27,7 +27,12 @@ from selfpatch.checkpoint import (
 )
 from selfpatch.errors import SelfPatchError
 from selfpatch.models.aggregation import build_aggregator
-from selfpatch.models.backbone import BackboneSpec, ViTBackbone, make_backbone_spec
+from selfpatch.models.backbone import (
+    BackboneSpec,
+    ViTBackbone,
+    build_backbone_from_spec,
+    make_backbone_spec,
+)
 
 EXPORT_META_NAME = "selfpatch.timm_name"
 EXPORT_META_KWARGS = "selfpatch.timm_kwargs"
@@ -63,7 +68,7 @@ def _load_export(path: Path) -> ViTBackbone:
         )
     spec = BackboneSpec(meta[EXPORT_META_NAME], json.loads(meta.get(EXPORT_META_KWARGS, "{}")),
                         pos_resize=meta.get(EXPORT_META_POS_RESIZE, "timm"))
-    backbone = ViTBackbone(spec)
+    backbone = build_backbone_from_spec(spec)
     load_backbone_state(backbone.vit, load_file(str(path)), str(path))
     return backbone
 
@@ -76,14 +81,14 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu",
         parts = text.split(":")
         patch = int(parts[2]) if len(parts) > 2 and parts[2] else 0
         torch.manual_seed(0)
-        backbone = ViTBackbone(make_backbone_spec(parts[1], patch_size=patch))
+        backbone = build_backbone_from_spec(make_backbone_spec(parts[1], patch_size=patch))
     elif text.endswith(".safetensors"):
         if not Path(text).is_file():
             raise SelfPatchError(f"exported backbone {text} does not exist; check the path")
         backbone = _load_export(Path(text))
     else:
         ckpt = load_training_checkpoint(text)
-        backbone = ViTBackbone(BackboneSpec.from_dict(ckpt["backbone_spec"]))
+        backbone = build_backbone_from_spec(BackboneSpec.from_dict(ckpt["backbone_spec"]))
         load_backbone_state(backbone.vit, backbone_state(ckpt, which), text)
     backbone.eval().requires_grad_(False)
     return backbone.to(device)

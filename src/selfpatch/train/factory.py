@@ -30,7 +30,7 @@ from selfpatch.methods.moco import MoCoV3Objective
 from selfpatch.methods.objective import ImageObjective
 from selfpatch.methods.selfpatch import SelfPatchObjective
 from selfpatch.methods.teacher_student import TeacherStudent
-from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
+from selfpatch.models.backbone import ViTBackbone, build_backbone_from_spec, make_backbone_spec
 from selfpatch.train import distributed as D
 from selfpatch.train.sampler import EpochSampler
 from selfpatch.train.schedules import cosine_schedule, teacher_temperature_schedule
@@ -49,7 +49,7 @@ def build_backbone(cfg: Config) -> ViTBackbone:
                               class_token=not cfg.uses_selfpatch,
                               final_norm=not (reference and cfg.uses_selfpatch),
                               pos_resize="reference" if reference else "timm")
-    return ViTBackbone(spec, drop_path_rate=cfg.model.drop_path)
+    return build_backbone_from_spec(spec, drop_path_rate=cfg.model.drop_path)
 
 
 def _dino(cfg: Config) -> DINOObjective:
