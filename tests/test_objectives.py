@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from selfpatch.config import load_config
-from selfpatch.methods.losses import moco_contrastive_loss, queue_contrastive_loss
+from selfpatch.errors import SelfPatchError
+from selfpatch.methods.losses import (
+    moco_contrastive_loss,
+    patch_contrastive_loss,
+    queue_contrastive_loss,
+)
 from selfpatch.methods.moby import MoBYObjective
 from selfpatch.methods.moco import MoCoV3Objective
 from selfpatch.models.heads import ProjectionMLP
@@ -24,7 +29,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 SMALL = ["moco.hidden_dim=64", "moco.pred_hidden_dim=64", "moco.dim=32", "moby.hidden_dim=64",
          "moby.dim=32", "moby.queue_size=24", "data.n_local=0"]
-CONTRASTIVE = ["mocov3", "mocov3+selfpatch", "moby", "moby+selfpatch"]
+CONTRASTIVE = ["mocov3", "mocov3+selfpatch", "moby", "moby+selfpatch",
+               "moby+selfpatch negatives"]
+
+
+def _method_args(name: str) -> list[str]:
+    """``"moby+selfpatch negatives"`` -> the method plus the patch-negatives switch."""
+    method, *variant = name.split()
+    return [f"method={method}"] + (["selfpatch.negatives=true"] if variant else [])
 
 
 def _ctr_by_hand(q: list[list[float]], k: list[list[float]], tau: float) -> float:
@@ -118,6 +130,50 @@ def test_moby_loss_pairs_views_with_the_other_views_queue_and_enqueues_keys():
         MoBYObjective(queue_size=0)
 
 
+def test_patch_contrastive_loss_equals_hand_computation():
+    torch.manual_seed(6)
+    g, b, n, k = 2, 3, 2, 4
+    student, teacher = torch.randn(b, n, k), torch.randn(b, n, k)
+    negatives = torch.randn(g, b, k)
+    unit = lambda v: [x / math.sqrt(sum(y * y for y in v)) for x in v]  # noqa: E731
+    dot = lambda u, v: sum(x * y for x, y in zip(unit(u), unit(v)))  # noqa: E731
+    total = 0.0
+    for img in range(b):
+        for i in range(n):
+            q = student[img, i].tolist()
+            logits = [dot(q, teacher[img, i].tolist()) / 0.2]
+            logits += [dot(q, negatives[a, j].tolist()) / 0.2
+                       for a in range(g) for j in range(b) if j != img]  # other images only
+            total += math.log(sum(math.exp(x) for x in logits)) - logits[0]
+    expected = total / (b * n)
+    got = float(patch_contrastive_loss(student, teacher, negatives, 0.2))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_patch_negatives_are_the_teachers_g_prime_of_other_images_y():
+    torch.manual_seed(7)
+    cfg = load_config("cpu-quick", ["model.patch_size=8", "data.global_size=32",
+                                    "method=moby+selfpatch", "selfpatch.negatives=true",
+                                    "selfpatch.local_crops=false", *SMALL,
+                                    "dino.hidden_dim=16", "dino.bottleneck_dim=8",
+                                    "selfpatch.out_dim=16"])
+    ts = build_teacher_student(cfg)
+    ts.student.eval()
+    views = [torch.randn(3, 3, 32, 32) for _ in range(2)]
+    with torch.no_grad():
+        _, stats = ts(views, 0.04)
+        _, student_patch, _ = ts.student(views, [(0, 2)], n_patch_views=2)
+        _, tokens, grid = ts.teacher.encode(views, 0, 2)
+        targets = ts.selfpatch.teacher_logits(ts.teacher, tokens, grid, 2)
+        reps = ts.teacher.aggregator(tokens, None).chunk(2)  # y = h(all patches), Eq. 4
+        negatives = torch.stack([ts.teacher.patch_head(y) for y in reps])
+    expected = sum(patch_contrastive_loss(s, t, negatives, 0.2)
+                   for s, t in zip(student_patch, targets)) / 2
+    torch.testing.assert_close(stats["patch_loss"], expected)
+    with pytest.raises(SelfPatchError, match="negative_temperature"):
+        load_config("cpu-quick", ["selfpatch.negative_temperature=0"])
+
+
 def test_moco_mlp_layers_and_batch_statistics():
     projector = ProjectionMLP(6, 8, 4, num_layers=3, last_bn=True)
     kinds = [type(m).__name__ for m in projector.mlp]
@@ -144,7 +200,7 @@ def test_moco_mlp_layers_and_batch_statistics():
 def test_predictor_runs_on_the_student_only(method):
     torch.manual_seed(2)
     cfg = load_config("cpu-quick", ["model.patch_size=8", "data.global_size=32",
-                                    "data.local_size=16", f"method={method}", *SMALL,
+                                    "data.local_size=16", *_method_args(method), *SMALL,
                                     "dino.hidden_dim=16", "dino.bottleneck_dim=8",
                                     "selfpatch.out_dim=16"])
     ts = build_teacher_student(cfg)
@@ -174,7 +230,7 @@ def test_predictor_runs_on_the_student_only(method):
 def test_loss_decreases_on_a_repeated_batch(images, method):
     """train_step on the same small batch again and again: the objective is optimisable."""
     torch.manual_seed(3)
-    cfg = cfg_for(images, Path("unused"), f"method={method}", *SMALL, "model.drop_path=0")
+    cfg = cfg_for(images, Path("unused"), *_method_args(method), *SMALL, "model.drop_path=0")
     model = build_teacher_student(cfg)
     optimizer = build_optimizer(model.student, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -192,7 +248,7 @@ def test_loss_decreases_on_a_repeated_batch(images, method):
 @pytest.mark.parametrize("method", CONTRASTIVE)
 def test_resumes_exactly(images, tmp_path, method):
     """Killed mid-epoch and resumed == uninterrupted (MoBY's queues travel in the checkpoint)."""
-    extra = [f"method={method}", *SMALL, "optim.epochs=3"]
+    extra = [*_method_args(method), *SMALL, "optim.epochs=3"]
     full = pretrain(cfg_for(images, tmp_path / "full", *extra))
     pretrain(cfg_for(images, tmp_path / "part", *extra, "optim.max_steps=3"))  # mid-epoch
     part = pretrain(cfg_for(images, tmp_path / "part", *extra), resume=True)

@@ -47,6 +47,9 @@ class SelfPatchConfig:
     loss_weight: float = 0.1  # lambda
     center_momentum: float = 0.9  # the patch loss's own centre
     local_crops: bool = True  # apply the patch loss to local crops too (as the reference)
+    # Contrastive patch loss with other images' y as negatives (the paper's MoBY variant).
+    negatives: bool = False
+    negative_temperature: float = 0.2
 
 
 @dataclass
@@ -391,6 +394,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "selfpatch.out_dim": (1, None, False, False),
     "selfpatch.loss_weight": (0.0, None, False, False),
     "selfpatch.center_momentum": (0.0, 1.0, False, False),
+    "selfpatch.negative_temperature": (0.0, None, True, False),
     "dino.out_dim": (1, None, False, False),
     "dino.hidden_dim": (1, None, False, False),
     "dino.bottleneck_dim": (1, None, False, False),

@@ -173,3 +173,27 @@ def queue_contrastive_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor
     negative = q @ queue.detach().float().clone()
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def patch_contrastive_loss(student: torch.Tensor, teacher: torch.Tensor,
+                           negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SelfPatch's patch loss with negatives (the paper's MoBY variant, Tab. 5).
+
+    ``student`` and ``teacher`` ``(B, N, K)``: patch ``i`` of image ``b``, student output and
+    its target; ``negatives`` ``(G, B, K)``: the teacher's outputs for the image-level
+    representations ``y`` (Eq. 4) of the G global views of each image. Every vector is
+    L2-normalised; patch ``(b, i)`` has its target as the positive and the negatives of every
+    *other* image ``j != b`` (G (B - 1) of them); cross-entropy over ``temperature``-scaled
+    cosines, mean over patches and images. Targets and negatives get no gradient.
+    """
+    q = F.normalize(student.float(), dim=-1)
+    k = F.normalize(teacher.detach().float(), dim=-1)
+    neg = F.normalize(negatives.detach().float(), dim=-1)
+    g, b, _ = neg.shape
+    positive = (q * k).sum(dim=-1, keepdim=True)  # (B, N, 1)
+    negative = torch.einsum("bnk,gjk->bngj", q, neg)  # (B, N, G, B)
+    own = torch.eye(b, dtype=torch.bool, device=q.device)[:, None, None, :]  # j == b
+    negative = negative.masked_fill(own, float("-inf")).flatten(2)  # (B, N, G*B)
+    logits = torch.cat([positive, negative], dim=-1) / temperature
+    log_p = F.log_softmax(logits, dim=-1)[..., 0]
+    return -log_p.mean()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from selfpatch.errors import SelfPatchError
-from selfpatch.methods.losses import PatchDistillationLoss
+from selfpatch.methods.losses import PatchDistillationLoss, patch_contrastive_loss
 from selfpatch.methods.matching import gather_positives, match_positives
 from selfpatch.methods.neighbours import BORDER_MODES, NEIGHBOURHOODS, neighbour_table
 from selfpatch.models.aggregation import build_aggregator
@@ -100,6 +100,10 @@ class SelfPatchObjective(nn.Module):
         local_crops: whether local crops get a patch loss too (the authors' code: yes).
         route_patches_through_h_norm: the student's patch tokens reach ``g'`` through ``h``'s
             final LayerNorm, as in the authors' code, whose backbone has no final norm.
+        negatives, negative_temperature: replace the patch distillation by
+            :func:`~selfpatch.methods.losses.patch_contrastive_loss` with the teacher's ``g'``
+            of the image-level representations of the other images as negatives (the paper's
+            MoBY variant; this project's reading of its one-sentence description).
     """
 
     def __init__(self, *, neighbourhood: str = "3x3", border: str = "valid", k: int = 4,
@@ -108,7 +112,8 @@ class SelfPatchObjective(nn.Module):
                  norm_last_layer: bool = True, student_temp: float = 0.1,
                  center_momentum: float = 0.9, loss_weight: float = 0.1,
                  local_crops: bool = True, head_bn: bool = False, l2_eps: float = 1e-6,
-                 route_patches_through_h_norm: bool = False) -> None:
+                 route_patches_through_h_norm: bool = False, negatives: bool = False,
+                 negative_temperature: float = 0.2) -> None:
         super().__init__()
         if loss_weight < 0:
             raise SelfPatchError(f"selfpatch.loss_weight={loss_weight} must be >= 0")
@@ -123,6 +128,10 @@ class SelfPatchObjective(nn.Module):
                               bottleneck_dim=bottleneck_dim, norm_last_layer=norm_last_layer,
                               use_bn=head_bn, l2_eps=l2_eps)
         self.route_patches_through_h_norm = route_patches_through_h_norm
+        if negative_temperature <= 0:
+            raise SelfPatchError(f"selfpatch.negative_temperature={negative_temperature} must "
+                                 "be > 0")
+        self.negatives, self.negative_temperature = negatives, negative_temperature
 
     def build_aggregator(self, dim: int, num_heads: int) -> nn.Module:
         """``h``: ``(S, L, D), (S, L) mask -> (S, D)``."""
@@ -162,14 +171,33 @@ class SelfPatchObjective(nn.Module):
         """``(1, K')`` mean teacher output of this step (applied by :meth:`after_step`)."""
         return self.patch_loss.batch_center(teacher_logits)
 
+    @torch.no_grad()
+    def negative_logits(self, teacher: nn.Module, image_reps: list[torch.Tensor]
+                        ) -> torch.Tensor | None:
+        """``(G, B, K')`` teacher ``g'`` outputs of the G global views' image representations
+        ``y`` (each ``(B, D)``), the negatives of :func:`patch_contrastive_loss`; ``None``
+        without negatives."""
+        if not self.negatives:
+            return None
+        return torch.stack([teacher.patch_head(y) for y in image_reps])
+
     def forward(self, student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor],
-                teacher_temp: float) -> torch.Tensor:
-        """``L_SelfPatch`` over per-view ``(B, N_v, K')`` logits (same view on both sides).
+                teacher_temp: float, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_SelfPatch`` over per-view ``(B, N_v, K')`` logits (same view on both sides);
+        with ``negatives`` (``(G, B, K')``) the contrastive variant, mean over views.
 
         Releases the list entries as it goes (each view's logits are the largest tensors of
         the step): the caller must not hold other references to them.
         """
-        return self.patch_loss(student_logits, teacher_logits, teacher_temp, release=True)
+        if negatives is None:
+            return self.patch_loss(student_logits, teacher_logits, teacher_temp, release=True)
+        losses = []
+        for i in range(len(student_logits)):
+            s, t = student_logits[i], teacher_logits[i]
+            student_logits[i] = teacher_logits[i] = None
+            losses.append(patch_contrastive_loss(s, t, negatives, self.negative_temperature))
+            del s, t
+        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def after_step(self, batch_center: torch.Tensor) -> None:

@@ -105,6 +105,7 @@ class TeacherStudent(nn.Module):
         # Teacher: image targets for the global views, patch targets for each patch view.
         t_img: list[torch.Tensor] = []
         t_patch: list[torch.Tensor] = []
+        global_reps: list[torch.Tensor] = []  # y of the global views (patch negatives)
         with torch.no_grad():
             for start, end in groups:
                 if start >= max(N_GLOBAL, n_patch_views) and not center_all:
@@ -113,6 +114,8 @@ class TeacherStudent(nn.Module):
                 if start < N_GLOBAL or center_all:
                     rep = self.teacher.image_representation(cls, tokens)
                     t_img += list(self.teacher.image_head(rep).chunk(end - start))
+                    if start < N_GLOBAL:
+                        global_reps += list(rep.chunk(end - start))[: N_GLOBAL - start]
                 if start < n_patch_views:
                     n_views = min(end, n_patch_views) - start  # a group may be partly patch views
                     t_patch += sp.teacher_logits(
@@ -141,7 +144,10 @@ class TeacherStudent(nn.Module):
         loss = image_loss
         stats["image_loss"] = image_loss.detach()
         if patch_on:
-            patch_loss = sp(s_patch, t_patch, teacher_temp)  # frees both lists view by view
+            with torch.no_grad():
+                negatives = sp.negative_logits(self.teacher, global_reps)
+            # frees both lists view by view
+            patch_loss = sp(s_patch, t_patch, teacher_temp, negatives=negatives)
             loss = image_loss + sp.loss_weight * patch_loss
             stats["patch_loss"] = patch_loss.detach()
         stats["loss"] = loss.detach()

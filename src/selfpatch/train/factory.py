@@ -114,7 +114,8 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
         student_temp=d.student_temp, center_momentum=sp.center_momentum,
         loss_weight=sp.loss_weight, local_crops=sp.local_crops, head_bn=d.head_bn,
         l2_eps=_l2_eps(cfg),
-        route_patches_through_h_norm=cfg.model.fidelity == "reference")
+        route_patches_through_h_norm=cfg.model.fidelity == "reference",
+        negatives=sp.negatives, negative_temperature=sp.negative_temperature)
 
 
 def build_teacher_student(cfg: Config, backbone: torch.nn.Module | None = None) -> TeacherStudent:
