@@ -1,4 +1,4 @@
-"""``selfpatch`` command line: pretrain, export, data, eval, presets.
+"""``selfpatch`` command line: pretrain, export, data, eval, finetune, presets.
 
 Every user error surfaces as one line ``selfpatch: error: ...`` and exit status 2.
 """
@@ -75,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from selfpatch.data.cli import register as register_data
     from selfpatch.evaluate.cli import register as register_eval
+    from selfpatch.finetune.cli import register as register_finetune
 
     register_data(sub)
     register_eval(sub)
+    register_finetune(sub)
     return parser
 
 
