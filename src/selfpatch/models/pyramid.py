@@ -5,8 +5,9 @@ Two adapters, both returning an ``OrderedDict`` of ``(B, C, H / s, W / s)`` maps
 last), the interface of torchvision's detection models (``out_channels`` attribute):
 
 - ``simple`` (ViTDet, Li et al. 2022): every level from the **last** block's map (stride
-  ``p``), up-sampled by 2x2 transposed convolutions or down-sampled by max-pooling, then a
-  1x1 and a 3x3 convolution, each with a channel LayerNorm, to ``out_channels``. The default:
+  ``p``), up-sampled by 2x2 transposed convolutions (each halving the channels) or
+  down-sampled by max-pooling, then a 1x1 and a 3x3 convolution, each with a channel
+  LayerNorm, to ``out_channels`` (detectron2's ``SimpleFeaturePyramid``). The default:
   ViTDet showed it matches a multi-level pyramid for plain ViTs, and it uses only the
   representation pre-training produced.
 - ``multilevel`` (the paper's detection/segmentation setting, after BEiT/XCiT): the maps of
@@ -34,22 +35,24 @@ STRIDES = (4, 8, 16, 32)
 PYRAMIDS = ("simple", "multilevel")
 
 
-def _resampler(dim: int, factor: float) -> nn.Module:
-    """``(B, dim, h, w) -> (B, dim, h * factor, w * factor)`` for a power-of-two ``factor``:
-    transposed 2x2 convolutions (LayerNorm + GELU between them) up, max-pooling down."""
+def _resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
+    """``(B, dim, h, w) -> (B, dim', h * factor, w * factor)`` for a power-of-two ``factor``,
+    and ``dim'``: as ViTDet, each 2x up-sampling is a 2x2 transposed convolution that halves
+    the channels (LayerNorm + GELU between two of them); down-sampling is max-pooling."""
     steps = int(round(math.log2(factor)))
     if 2.0 ** steps != factor:
         raise SelfPatchError(f"a patch size whose ratio to stride {factor} is not a power of 2")
     if steps == 0:
-        return nn.Identity()
+        return nn.Identity(), dim
     if steps < 0:
-        return nn.MaxPool2d(kernel_size=2 ** -steps, stride=2 ** -steps)
+        return nn.MaxPool2d(kernel_size=2 ** -steps, stride=2 ** -steps), dim
     layers: list[nn.Module] = []
     for i in range(steps):
         if i:
             layers += [LayerNorm2d(dim), nn.GELU()]
-        layers.append(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
-    return nn.Sequential(*layers)
+        layers.append(nn.ConvTranspose2d(dim, dim // 2, kernel_size=2, stride=2))
+        dim //= 2
+    return nn.Sequential(*layers), dim
 
 
 class ViTFeaturePyramid(nn.Module):
@@ -76,11 +79,12 @@ class ViTFeaturePyramid(nn.Module):
         depth = len(backbone.vit.blocks)
         self.block_indices = ([depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
                               if kind == "multilevel" else [depth - 1])
-        self.resample = nn.ModuleList(_resampler(dim, p / s) for s in STRIDES)
+        resamplers = [_resampler(dim, p / s) for s in STRIDES]
+        self.resample = nn.ModuleList(r for r, _ in resamplers)
         self.project = nn.ModuleList(nn.Sequential(
-            nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
+            nn.Conv2d(d, out_channels, 1, bias=False), LayerNorm2d(out_channels),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            LayerNorm2d(out_channels)) for _ in STRIDES)
+            LayerNorm2d(out_channels)) for _, d in resamplers)
 
     def block_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``(B, D, H / p, W / p)`` token maps of the chosen blocks (the last one after the
