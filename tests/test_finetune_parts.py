@@ -175,3 +175,83 @@ def test_coco_json_loads_and_scores_perfect_100_and_mislabelled_0(tmp_path):
         evaluator.summarize()
         assert evaluator.stats[0] == pytest.approx(0.0)  # nothing right: AP 0
     assert ensure_coco_instances(tmp_path) == paths  # second call reuses the files
+
+
+# ----------------------------------------------------------------------------- converters
+# The layouts as mmsegmentation's VisionTransformer and detectron2's ViTDet ViT name their
+# parameters (from their source; neither library installs here without compiling mmcv /
+# detectron2), for ViT-Ti/16 (D = 192, MLP 768) with a 6x6 position table.
+D, MLP, N = 192, 768, 36
+MMSEG_BLOCK = {"ln1.weight": (D,), "ln1.bias": (D,), "attn.attn.in_proj_weight": (3 * D, D),
+               "attn.attn.in_proj_bias": (3 * D,), "attn.attn.out_proj.weight": (D, D),
+               "attn.attn.out_proj.bias": (D,), "ln2.weight": (D,), "ln2.bias": (D,),
+               "ffn.layers.0.0.weight": (MLP, D), "ffn.layers.0.0.bias": (MLP,),
+               "ffn.layers.1.weight": (D, MLP), "ffn.layers.1.bias": (D,)}
+D2_BLOCK = {"norm1.weight": (D,), "norm1.bias": (D,), "attn.qkv.weight": (3 * D, D),
+            "attn.qkv.bias": (3 * D,), "attn.proj.weight": (D, D), "attn.proj.bias": (D,),
+            "norm2.weight": (D,), "norm2.bias": (D,), "mlp.fc1.weight": (MLP, D),
+            "mlp.fc1.bias": (MLP,), "mlp.fc2.weight": (D, MLP), "mlp.fc2.bias": (D,)}
+
+
+def _expected_mmseg() -> dict[str, tuple]:
+    keys = {"cls_token": (1, 1, D), "pos_embed": (1, 1 + N, D),
+            "patch_embed.projection.weight": (D, 3, 16, 16), "patch_embed.projection.bias": (D,),
+            "ln1.weight": (D,), "ln1.bias": (D,)}
+    for i in range(12):
+        keys.update({f"layers.{i}.{k}": v for k, v in MMSEG_BLOCK.items()})
+    return keys
+
+
+def _expected_detectron2() -> dict[str, tuple]:
+    keys = {"backbone.net.pos_embed": (1, 1 + N, D),
+            "backbone.net.patch_embed.proj.weight": (D, 3, 16, 16),
+            "backbone.net.patch_embed.proj.bias": (D,)}
+    for i in range(12):
+        keys.update({f"backbone.net.blocks.{i}.{k}": v for k, v in D2_BLOCK.items()})
+    return keys
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_converted_keys_and_shapes_match_mmseg_and_detectron2(class_token):
+    from selfpatch.models.convert import convert
+
+    vit = ViTBackbone(make_backbone_spec("vit_tiny", 16, 96, class_token=class_token)).vit
+    state = vit.state_dict()
+    mm = convert(state, "mmseg")
+    assert {k: tuple(v.shape) for k, v in mm.items()} == _expected_mmseg()
+    d2 = convert(state, "detectron2")
+    assert set(d2) == {"model"}
+    assert {k: tuple(v.shape) for k, v in d2["model"].items()} == _expected_detectron2()
+    # Values move, unchanged: a block weight, the qkv projection, the position table.
+    torch.testing.assert_close(mm["layers.3.attn.attn.in_proj_weight"],
+                               state["blocks.3.attn.qkv.weight"])
+    torch.testing.assert_close(d2["model"]["backbone.net.blocks.3.mlp.fc2.weight"],
+                               state["blocks.3.mlp.fc2.weight"])
+    pos = mm["pos_embed"]
+    if class_token:
+        torch.testing.assert_close(pos, state["pos_embed"])
+    else:  # a zero [CLS] slot in front of the patch table
+        assert torch.equal(pos[:, 0], torch.zeros(1, D))
+        torch.testing.assert_close(pos[:, 1:], state["pos_embed"])
+        assert torch.equal(mm["cls_token"], torch.zeros(1, 1, D))
+
+
+def test_export_cli_writes_converted_files(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from selfpatch.cli import main
+    from selfpatch.models.export import write_backbone
+
+    backbone = ViTBackbone(make_backbone_spec("vit_tiny", 16, 96))
+    export = write_backbone(backbone.vit.state_dict(), backbone.spec, tmp_path / "b.safetensors")
+    assert main(["export", str(export), "--format", "mmseg"]) == 0
+    written = tmp_path / "b_mmseg.pth"
+    assert f"wrote {written}" in capsys.readouterr().out
+    assert "layers.0.ln1.weight" in torch.load(written, weights_only=True)
+    assert main(["export", str(export), "--format", "detectron2",
+                 "--out", str(tmp_path / "d2.pth")]) == 0
+    assert "model" in torch.load(tmp_path / "d2.pth", weights_only=True)
+    swin = tmp_path / "swin.safetensors"
+    save_file({"layers.0.blocks.0.norm1.weight": torch.ones(3)}, str(swin))
+    assert main(["export", str(swin), "--format", "mmseg"]) == 2
+    assert "only plain ViT" in capsys.readouterr().err

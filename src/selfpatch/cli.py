@@ -27,8 +27,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from selfpatch.models.export import export_backbone, timm_load_snippet
+    from selfpatch.models.export import export_backbone, export_converted, timm_load_snippet
 
+    if args.format != "timm":
+        path = export_converted(args.checkpoint, args.format, args.out, args.which)
+        print(f"wrote {path} ({args.format} key layout; docs/finetune.md says how to load it)")
+        return 0
     path, spec = export_backbone(args.checkpoint, args.out, args.which)
     print(f"wrote {path}\nload it with timm:\n{timm_load_snippet(path, spec)}")
     return 0
@@ -63,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("export", help="write the teacher backbone as timm-loadable safetensors")
-    p.add_argument("checkpoint", help="run directory or checkpoints/last.pt")
+    p.add_argument("checkpoint", help="run directory, checkpoints/last.pt (or, with --format, "
+                   "a .safetensors export)")
     p.add_argument("--out", default=None, help="output .safetensors (default: in the run dir)")
     p.add_argument("--which", default="teacher", choices=["teacher", "student"])
+    p.add_argument("--format", default="timm", choices=["timm", "mmseg", "detectron2"],
+                   help="timm safetensors (default) or a .pth in mmseg's / detectron2's layout")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("presets", help="list presets and config keys, or show one resolved")

@@ -34,6 +34,25 @@ def export_backbone(source: str | Path, out: str | Path | None = None,
     return write_backbone(state, spec, out, meta), spec
 
 
+def export_converted(source: str | Path, fmt: str, out: str | Path | None = None,
+                     which: str = "teacher") -> Path:
+    """Write ``which`` backbone of a run/checkpoint (or a ``.safetensors`` export) in the key
+    layout ``fmt`` of :mod:`selfpatch.models.convert` as a ``.pth`` (atomically)."""
+    from selfpatch.checkpoint import atomic_save
+    from selfpatch.models.convert import convert
+
+    if str(source).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state, default = load_file(str(source)), Path(source).with_suffix("")
+    else:
+        ckpt_path = resolve_checkpoint_path(source)
+        state = backbone_state(load_training_checkpoint(ckpt_path), which)
+        default = ckpt_path.parent.parent / f"{which}_backbone"
+    converted = convert(state, fmt)
+    return atomic_save(converted, out or default.with_name(f"{default.name}_{fmt}.pth"))
+
+
 def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
                    extra_meta: dict[str, str] | None = None) -> Path:
     """Write a timm ViT state dict to ``out`` (safetensors, atomically) with the metadata
