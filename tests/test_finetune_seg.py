@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from selfpatch.errors import SelfPatchError
-from selfpatch.finetune.seg import (
-    FinetuneSegSettings,
-    finetune_seg,
-    lr_at,
-    parameter_groups,
-    settings_from,
-)
+from selfpatch.finetune.loop import parameter_groups
+from selfpatch.finetune.seg import FinetuneSegSettings, finetune_seg, lr_at, settings_from
 from selfpatch.finetune.semantic_fpn import SemanticFPN, SemanticFPNHead
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
 from selfpatch.models.pyramid import ViTFeaturePyramid

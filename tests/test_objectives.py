@@ -33,6 +33,13 @@ CONTRASTIVE = ["mocov3", "mocov3+selfpatch", "moby", "moby+selfpatch",
                "moby+selfpatch negatives"]
 
 
+def _tiny_cfg(*extra: str):
+    """cpu-quick at 32 px with patch 8 and small heads, plus ``extra``."""
+    return load_config("cpu-quick", ["model.patch_size=8", "data.global_size=32",
+                                     "data.local_size=16", *SMALL, "dino.hidden_dim=16",
+                                     "dino.bottleneck_dim=8", "selfpatch.out_dim=16", *extra])
+
+
 def _method_args(name: str) -> list[str]:
     """``"moby+selfpatch negatives"`` -> the method plus the patch-negatives switch."""
     method, *variant = name.split()
@@ -152,11 +159,8 @@ def test_patch_contrastive_loss_equals_hand_computation():
 
 def test_patch_negatives_are_the_teachers_g_prime_of_other_images_y():
     torch.manual_seed(7)
-    cfg = load_config("cpu-quick", ["model.patch_size=8", "data.global_size=32",
-                                    "method=moby+selfpatch", "selfpatch.negatives=true",
-                                    "selfpatch.local_crops=false", *SMALL,
-                                    "dino.hidden_dim=16", "dino.bottleneck_dim=8",
-                                    "selfpatch.out_dim=16"])
+    cfg = _tiny_cfg("method=moby+selfpatch", "selfpatch.negatives=true",
+                    "selfpatch.local_crops=false")
     ts = build_teacher_student(cfg)
     ts.student.eval()
     views = [torch.randn(3, 3, 32, 32) for _ in range(2)]
@@ -199,10 +203,7 @@ def test_moco_mlp_layers_and_batch_statistics():
 @pytest.mark.parametrize("method", CONTRASTIVE)
 def test_predictor_runs_on_the_student_only(method):
     torch.manual_seed(2)
-    cfg = load_config("cpu-quick", ["model.patch_size=8", "data.global_size=32",
-                                    "data.local_size=16", *_method_args(method), *SMALL,
-                                    "dino.hidden_dim=16", "dino.bottleneck_dim=8",
-                                    "selfpatch.out_dim=16"])
+    cfg = _tiny_cfg(*_method_args(method))
     ts = build_teacher_student(cfg)
     ts.student.eval()
     views = [torch.randn(4, 3, 32, 32) for _ in range(2)]

@@ -79,6 +79,21 @@ def _det(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common(p: argparse.ArgumentParser, presets: str, out: str) -> None:
+    """Options both fine-tuning commands take."""
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="run dir, .pt, .safetensors or random:ARCH:PATCH; repeat to compare")
+    p.add_argument("--preset", default="cpu", help=presets)
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--pyramid", default=None, choices=["simple", "multilevel"])
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=out)
+
+
 def register(subparsers) -> None:
     """Add ``finetune`` with the sub-commands ``seg`` and ``det``."""
     ft = subparsers.add_parser("finetune", help="fine-tune a pre-trained backbone downstream")
@@ -88,24 +103,14 @@ def register(subparsers) -> None:
                        description="Fine-tune each --checkpoint with the same schedule and seed "
                        "and write report.md / report.json. Data: --seg-root (ADE20K layout), "
                        "or ADEChallengeData2016 under --data-root, else the built-in scenes.")
-    p.add_argument("--checkpoint", action="append", required=True,
-                   help="run dir, .pt, .safetensors or random:ARCH:PATCH; repeat to compare")
+    _common(p, "cpu (minutes) or paper (mmseg 40k)", "runs/finetune-seg")
     p.add_argument("--seg-root", default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--num-classes", type=int, default=0,
                    help="classes without background (built-in: 10; ADE20K: 150)")
-    p.add_argument("--preset", default="cpu", help="cpu (minutes) or paper (mmseg 40k)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--pyramid", default=None, choices=["simple", "multilevel"])
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--train-limit", type=int, default=0, help="use the first N train images")
     p.add_argument("--val-limit", type=int, default=0, help="use the first N val images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="runs/finetune-seg")
     p.set_defaults(func=_seg)
 
     p = sub.add_parser("det", help="Mask R-CNN detection + instance segmentation (COCO AP)",
@@ -114,8 +119,7 @@ def register(subparsers) -> None:
                        "--coco-root (annotations/instances_{train,val}2017.json, train2017/, "
                        "val2017/), explicit --train-json/--val-json and image folders, or the "
                        "built-in scenes.")
-    p.add_argument("--checkpoint", action="append", required=True,
-                   help="run dir, .pt, .safetensors or random:ARCH:PATCH; repeat to compare")
+    _common(p, "cpu (minutes) or paper (mmdet 1x)", "runs/finetune-det")
     p.add_argument("--coco-root", default=None)
     p.add_argument("--train-json", default=None)
     p.add_argument("--train-images", default=None)
@@ -123,19 +127,10 @@ def register(subparsers) -> None:
     p.add_argument("--val-images", default=None)
     p.add_argument("--num-classes", type=int, default=0,
                    help="check against the annotation file's categories (80 for COCO)")
-    p.add_argument("--preset", default="cpu", help="cpu (minutes) or paper (mmdet 1x)")
     p.add_argument("--min-size", type=int, nargs="+", default=None,
                    help="training short side(s); one drawn per image")
     p.add_argument("--max-size", type=int, default=None)
     p.add_argument("--test-size", type=int, default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--pyramid", default=None, choices=["simple", "multilevel"])
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--val-limit", type=int, default=None,
                    help="score the first N validation images (cpu preset: 100; 0 = all)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="runs/finetune-det")
     p.set_defaults(func=_det)

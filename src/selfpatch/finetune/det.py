@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from selfpatch.errors import SelfPatchError
-from selfpatch.finetune.seg import parameter_groups
+from selfpatch.finetune.loop import optimisation_step, parameter_groups
 from selfpatch.io import atomic_write, read_rgb
 from selfpatch.models.loading import load_backbone
 from selfpatch.models.pyramid import ViTFeaturePyramid
@@ -239,8 +239,6 @@ def finetune_det(source: str, train: CocoDetection, val: CocoDetection,
         model.train()
         warm = min(1.0, (it + 1) / max(1, settings.warmup_iters))
         lr = settings.lr * warm * 0.1 ** sum(it >= d for d in drops)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         images, targets = [], []
         while len(images) < settings.batch_size:
             if not order:
@@ -250,17 +248,8 @@ def finetune_det(source: str, train: CocoDetection, val: CocoDetection,
                 image, target = _flip(image, target)
             images.append(image.to(device))
             targets.append({k: v.to(device) for k, v in target.items() if k != "image_id"})
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss.detach()):
-            raise SelfPatchError(f"detection loss became {float(loss)} at iteration {it}; "
-                                 "lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        last = float(loss.detach())
-        if log and (it + 1) % max(1, settings.iters // 5) == 0:
-            log(f"finetune det: iteration {it + 1}/{settings.iters}, loss {last:.3f}")
+        loss = sum(model(images, targets).values())
+        last = optimisation_step(optimizer, loss, lr, it, settings.iters, "det", log)
     train_seconds = time.perf_counter() - start
     n_val = min(len(val), settings.val_limit or len(val))
     metrics = coco_ap(val.coco, predict(model, val, settings, device), val.ids[:n_val])

@@ -37,6 +37,7 @@ from selfpatch.evaluate.seg import (
     read_label,
     segmentation_metrics,
 )
+from selfpatch.finetune.loop import optimisation_step, parameter_groups
 from selfpatch.finetune.semantic_fpn import SemanticFPN
 from selfpatch.io import atomic_write, read_rgb
 from selfpatch.models.loading import load_backbone
@@ -89,19 +90,6 @@ def _pair(image: Path, label: Path, settings: FinetuneSegSettings, num_classes: 
     return img[0], lab[0, 0].long()
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms, position embeddings and tokens (as
-    the paper's mmseg config)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
 def lr_at(it: int, settings: FinetuneSegSettings) -> float:
     """Linear warm-up from ~0, then poly decay (power 1) to 0, per iteration."""
     if it < settings.warmup_iters:
@@ -147,8 +135,6 @@ def finetune_seg(source: str, root: str | Path, num_classes: int,
     order: list[int] = []
     for it in range(settings.iters):
         model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, settings)
         if len(order) < settings.batch_size:
             order += rng.sample(range(len(train_pairs)), len(train_pairs))
         batch = [_pair(*train_pairs[order.pop()], settings, num_classes, rng)
@@ -156,15 +142,8 @@ def finetune_seg(source: str, root: str | Path, num_classes: int,
         images = torch.stack([b[0] for b in batch]).to(device)
         labels = torch.stack([b[1] for b in batch]).to(device)
         loss = F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX)
-        if not torch.isfinite(loss.detach()):
-            raise SelfPatchError(f"fine-tuning loss became {float(loss)} at iteration {it}; "
-                                 "lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        last_loss = float(loss.detach())
-        if log and (it + 1) % max(1, settings.iters // 5) == 0:
-            log(f"finetune seg: iteration {it + 1}/{settings.iters}, loss {last_loss:.3f}")
+        last_loss = optimisation_step(optimizer, loss, lr_at(it, settings), it, settings.iters,
+                                      "seg", log)
     train_seconds = time.perf_counter() - start
     metrics = segmentation_metrics_without_per_class(
         evaluate_model(model, val_pairs, num_classes, settings, device))
