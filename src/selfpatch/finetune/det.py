@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from selfpatch.errors import SelfPatchError
-from selfpatch.finetune.loop import optimisation_step, parameter_groups
-from selfpatch.io import atomic_write, read_rgb
+from selfpatch.finetune.loop import optimisation_step, parameter_groups, write_report
+from selfpatch.io import read_rgb
 from selfpatch.models.loading import load_backbone
 from selfpatch.models.pyramid import ViTFeaturePyramid
 
@@ -262,30 +262,21 @@ def finetune_det(source: str, train: CocoDetection, val: CocoDetection,
 def run_many(sources: list[str], train: CocoDetection, val: CocoDetection,
              settings: FinetuneDetSettings, out: Path, device: str = "cpu", log=print) -> Path:
     """Fine-tune each source with the same settings and seed; write report.json / .md."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for source in sources:
         if log:
             log(f"finetune det: {source}")
         rows.append({"source": source, **finetune_det(source, train, val, settings, device,
                                                        log)})
-    atomic_write(out / "report.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     s = settings
-    lines = ["# Mask R-CNN fine-tuning", "",
-             f"Train `{train.path}` ({len(train)} images), val `{val.path}` "
-             f"({rows[0]['num_val']} images scored), {train.num_classes} classes. Schedule: "
-             f"{s.iters} iterations of batch {s.batch_size}, short side {list(s.min_sizes)} "
-             f"(max {s.max_size}), test {s.test_size}, AdamW lr {s.lr:g} (warm-up "
-             f"{s.warmup_iters}, x0.1 at {[round(f, 3) for f in s.lr_drops]} of the run), "
-             f"weight decay "
-             f"{s.weight_decay:g}, pyramid `{s.pyramid}`, seed {s.seed}.", "",
-             "| checkpoint | box AP | box AP50 | mask AP | mask AP50 | train loss | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['source']} | {r['box_AP']:.1f} | {r['box_AP50']:.1f} | "
-                     f"{r['mask_AP']:.1f} | {r['mask_AP50']:.1f} | {r['train_loss']:.3f} | "
-                     f"{r['train_seconds']:.0f} |")
-    md = out / "report.md"
-    atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    return md
+    description = (f"Train `{train.path}` ({len(train)} images), val `{val.path}` "
+                   f"({rows[0]['num_val']} images scored), {train.num_classes} classes. "
+                   f"Schedule: {s.iters} iterations of batch {s.batch_size}, short side "
+                   f"{list(s.min_sizes)} (max {s.max_size}), test {s.test_size}, AdamW lr "
+                   f"{s.lr:g} (warm-up {s.warmup_iters}, x0.1 at "
+                   f"{[round(f, 3) for f in s.lr_drops]} of the run), weight decay "
+                   f"{s.weight_decay:g}, pyramid `{s.pyramid}`, seed {s.seed}.")
+    return write_report(out, rows, "Mask R-CNN fine-tuning", description,
+                        [("box_AP", "box AP"), ("box_AP50", "box AP50"), ("mask_AP", "mask AP"),
+                         ("mask_AP50", "mask AP50"), ("train_loss", "train loss"),
+                         ("train_seconds", "train s")])

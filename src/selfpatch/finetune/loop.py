@@ -1,10 +1,14 @@
-"""What the fine-tuning loops share: AdamW parameter groups and one optimisation step."""
+"""What the fine-tuning commands share: parameter groups, one optimisation step, the report."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from selfpatch.errors import SelfPatchError
+from selfpatch.io import atomic_write
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -36,3 +40,21 @@ def optimisation_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: 
     if log and (it + 1) % max(1, iters // 5) == 0:
         log(f"finetune {task}: iteration {it + 1}/{iters}, loss {value:.3f}")
     return value
+
+
+def write_report(out: Path, rows: list[dict], title: str, description: str,
+                 columns: list[tuple[str, str]]) -> Path:
+    """``report.json`` (every row in full) and ``report.md`` (``title``, ``description`` and
+    one table row per checkpoint with the ``(key, header)`` columns, numbers to 1 decimal)
+    into ``out``; returns the markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    lines = [f"# {title}", "", description, "",
+             "| checkpoint | " + " | ".join(h for _, h in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if k == "train_loss" else f"{r[k]:.1f}" for k, _ in columns]
+        lines.append(f"| {r['source']} | " + " | ".join(cells) + " |")
+    md = out / "report.md"
+    atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return md

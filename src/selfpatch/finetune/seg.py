@@ -18,7 +18,6 @@ short side, and mmseg's photometric distortion is left out.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -37,9 +36,9 @@ from selfpatch.evaluate.seg import (
     read_label,
     segmentation_metrics,
 )
-from selfpatch.finetune.loop import optimisation_step, parameter_groups
+from selfpatch.finetune.loop import optimisation_step, parameter_groups, write_report
 from selfpatch.finetune.semantic_fpn import SemanticFPN
-from selfpatch.io import atomic_write, read_rgb
+from selfpatch.io import read_rgb
 from selfpatch.models.loading import load_backbone
 from selfpatch.models.pyramid import ViTFeaturePyramid
 
@@ -165,7 +164,6 @@ def run_many(sources: list[str], root: str | Path, num_classes: int,
              train_limit: int = 0, val_limit: int = 0, log=print) -> Path:
     """Fine-tune each source with the same settings and seed; write ``report.json`` and
     ``report.md`` (one row per source) into ``out``; return the markdown path."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for source in sources:
         if log:
@@ -173,22 +171,15 @@ def run_many(sources: list[str], root: str | Path, num_classes: int,
         result = finetune_seg(source, root, num_classes, settings, device, train_limit,
                               val_limit, log)
         rows.append({"source": source, **result})
-    atomic_write(out / "report.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     s = settings
-    lines = ["# Semantic FPN fine-tuning", "",
-             f"Data: `{root}` ({rows[0]['num_train']} train / {rows[0]['num_val']} val images, "
-             f"{num_classes} classes). Schedule: {s.iters} iterations of batch {s.batch_size} at "
-             f"{s.image_size} px, AdamW lr {s.lr:g} (warm-up {s.warmup_iters}, poly), weight "
-             f"decay {s.weight_decay:g}, pyramid `{s.pyramid}`, seed {s.seed}.", "",
-             "| checkpoint | mIoU | aAcc | mAcc | train loss | train s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['source']} | {r['mIoU']:.1f} | {r['aAcc']:.1f} | {r['mAcc']:.1f} | "
-                     f"{r['train_loss']:.3f} | {r['train_seconds']:.0f} |")
-    md = out / "report.md"
-    atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    return md
+    description = (f"Data: `{root}` ({rows[0]['num_train']} train / {rows[0]['num_val']} val "
+                   f"images, {num_classes} classes). Schedule: {s.iters} iterations of batch "
+                   f"{s.batch_size} at {s.image_size} px, AdamW lr {s.lr:g} (warm-up "
+                   f"{s.warmup_iters}, poly), weight decay {s.weight_decay:g}, pyramid "
+                   f"`{s.pyramid}`, seed {s.seed}.")
+    return write_report(out, rows, "Semantic FPN fine-tuning", description,
+                        [("mIoU", "mIoU"), ("aAcc", "aAcc"), ("mAcc", "mAcc"),
+                         ("train_loss", "train loss"), ("train_seconds", "train s")])
 
 
 def settings_from(preset: str, **overrides) -> FinetuneSegSettings:
