@@ -92,7 +92,8 @@ def test_swin_training_lowers_the_loss_on_a_repeated_batch(images, method):
 
 
 @pytest.mark.parametrize("method", [pytest.param("moby", marks=SLOW), "moby+selfpatch",
-                                    pytest.param("dino+selfpatch", marks=SLOW)])
+                                    pytest.param("dino+selfpatch", marks=SLOW),
+                                    pytest.param("mocov3", marks=SLOW)])
 def test_swin_trains_resumes_and_evaluates(images, tmp_path, method):
     """Tab. 5's Swin-T rows are MoBY (+ SelfPatch): a few steps, exact resume, eval all."""
     from test_eval_cli import FAST, run_cli
