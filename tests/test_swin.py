@@ -49,6 +49,17 @@ def test_swin_tokens_are_the_last_stage_grid(swin):
         swin.last_self_attention(torch.randn(1, 3, 64, 64))
 
 
+def test_swin_crop_sizes_are_checked_before_any_data(tmp_path):
+    from selfpatch.config import load_config
+    from selfpatch.train.factory import check_buildable
+
+    with pytest.raises(SelfPatchError, match="data.local_size: 48 is not a multiple of 32"):
+        check_buildable(load_config("cpu-quick", ["model.arch=swin_tiny", "model.patch_size=0"]))
+    with pytest.raises(SelfPatchError, match="too small"):  # 32 px local crops: a 1x1 grid
+        check_buildable(load_config("cpu-quick", ["model.arch=swin_tiny", "model.patch_size=0",
+                                                  "data.local_size=32"]))
+
+
 def test_swin_refuses_vit_only_options():
     for kwargs in ({"patch_size": 16}, {"final_norm": False}, {"pos_resize": "reference"}):
         with pytest.raises(SelfPatchError, match="Swin keeps its own patch size"):

@@ -132,16 +132,30 @@ def build_teacher_student(cfg: Config, backbone: torch.nn.Module | None = None) 
 
 def check_buildable(cfg: Config) -> None:
     """Build the parts of ``cfg`` that can fail on a bad value (no model weights): the
-    multi-crop settings and the SelfPatch neighbourhood on each crop's patch grid."""
+    multi-crop settings, crop sizes against a Swin's stride, and the SelfPatch neighbourhood
+    on each crop's patch grid."""
     multicrop_config(cfg.data)
+    stride = _token_stride(cfg)
+    if stride and cfg.model.arch.startswith("swin"):
+        for key, size in (("data.global_size", cfg.data.global_size),
+                          ("data.local_size", cfg.data.local_size if cfg.data.n_local else 0)):
+            if size % stride:
+                raise SelfPatchError(f"config key {key}: {size} is not a multiple of "
+                                     f"{stride}, the token stride of {cfg.model.arch}")
     _check_patch_grids(cfg, build_selfpatch_objective(cfg))
+
+
+def _token_stride(cfg: Config) -> int:
+    """Pixels per token of the backbone, when known from the config alone (0 otherwise):
+    ``model.patch_size`` for a ViT, 32 for a Swin (its last stage)."""
+    return 32 if cfg.model.arch.startswith("swin") else cfg.model.patch_size
 
 
 def _check_patch_grids(cfg: Config, selfpatch: SelfPatchObjective | None) -> None:
     """SelfPatch's neighbourhood must fit the patch grid of every crop with a patch loss."""
-    if selfpatch is None or not cfg.model.patch_size:
+    p = _token_stride(cfg)
+    if selfpatch is None or not p:
         return
-    p = cfg.model.patch_size
     sizes = [cfg.data.global_size] + (
         [cfg.data.local_size] if cfg.data.n_local and cfg.selfpatch.local_crops else [])
     selfpatch.check_grids([(s // p, s // p) for s in sizes])
