@@ -31,6 +31,10 @@ SMALL = ["moco.hidden_dim=64", "moco.pred_hidden_dim=64", "moco.dim=32", "moby.h
          "moby.dim=32", "moby.queue_size=24", "data.n_local=0"]
 CONTRASTIVE = ["mocov3", "mocov3+selfpatch", "moby", "moby+selfpatch",
                "moby+selfpatch negatives"]
+# Training tests: CI runs three (each objective, SelfPatch, negatives); `-m slow` the rest.
+TRAINED = ["mocov3", pytest.param("mocov3+selfpatch", marks=pytest.mark.slow),
+           pytest.param("moby", marks=pytest.mark.slow), "moby+selfpatch",
+           "moby+selfpatch negatives"]
 
 
 def _tiny_cfg(*extra: str):
@@ -227,7 +231,7 @@ def test_predictor_runs_on_the_student_only(method):
     assert momentum[0] == pytest.approx(section.momentum) and momentum[-1] > 0.999
 
 
-@pytest.mark.parametrize("method", CONTRASTIVE)
+@pytest.mark.parametrize("method", TRAINED)
 def test_loss_decreases_on_a_repeated_batch(images, method):
     """train_step on the same small batch again and again: the objective is optimisable."""
     torch.manual_seed(3)
@@ -246,7 +250,7 @@ def test_loss_decreases_on_a_repeated_batch(images, method):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses
 
 
-@pytest.mark.parametrize("method", CONTRASTIVE)
+@pytest.mark.parametrize("method", TRAINED)
 def test_resumes_exactly(images, tmp_path, method):
     """Killed mid-epoch and resumed == uninterrupted (MoBY's queues travel in the checkpoint)."""
     extra = [*_method_args(method), *SMALL, "optim.epochs=3"]
