@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Recipe sweep on the built-in data v2 (issue 9): DINO with the cpu-long preset cut to a
 # 500-step schedule (2 epochs of 8000 scenes, warm-up 1 epoch, cosine to the end), one key
-# changed per variant, k-NN top-1 after each run. Finished variants are skipped.
+# changed per variant, k-NN top-1 after each run. Finished variants are skipped. The recipe
+# cpu-long had at the time (no head BN, 96/48 px crops) is pinned below.
 #
 #   bash benchmarks/recipe_sweep.sh [OUT]        # default OUT=runs/sweep; ~12 min per variant
 #
@@ -18,6 +19,7 @@ run() {
   [ -f "$out/knn.txt" ] && return
   local start=$SECONDS
   "$PY" -m selfpatch pretrain --config cpu-long method=dino optim.epochs=2 run.progress=false \
+    dino.head_bn=false data.global_size=96 data.local_size=48 \
     run.keep_every=0 "run.output_dir=$out" "$@" > "$out.log" 2>&1 \
     || { echo "$name FAILED (see $out.log)" >> "$OUT/summary.txt"; return; }
   local t=$((SECONDS - start))

@@ -5,7 +5,8 @@ cosine similarity of the image representations ([CLS] or h), the spread of the h
 outputs over the batch and over the prototypes, and the entropy of the centred, sharpened
 teacher targets per sample and of their batch mean, both against ln K. Per-sample entropy
 near ln K = uniform targets (the image task has not started). The first line is the
-`cpu-long` DINO model at initialisation (seed 0).
+`cpu-long` DINO model at initialisation (seed 0), with the recipe that preset had when the
+collapse was measured (no BatchNorm in the head, 96 px crops).
 
     python benchmarks/teacher_collapse.py RUN/checkpoints/last.pt [more checkpoints]
 """
@@ -63,7 +64,8 @@ def report(name: str, ts, x: torch.Tensor, temp: float = 0.04) -> None:
 def main(paths: list[str]) -> None:
     x = images()
     torch.manual_seed(0)
-    report("initialisation", build_teacher_student(load_config("cpu-long", ["method=dino"])), x)
+    report("initialisation", build_teacher_student(load_config("cpu-long", [
+        "method=dino", "dino.head_bn=false", "data.global_size=96", "data.local_size=48"])), x)
     for path in paths:
         ckpt = load_training_checkpoint(path)
         ts = build_teacher_student(config_from_dict(ckpt["config"]))

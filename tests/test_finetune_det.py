@@ -111,6 +111,29 @@ def test_mask_rcnn_trains_and_predicts_in_coco_format(coco):
     assert len(dets) <= 5 * len(val)
 
 
+def test_head_widths_follow_the_settings():
+    from selfpatch.finetune.det import build_model, settings_from
+    from selfpatch.models.loading import load_backbone
+
+    def widths(model):
+        mask_convs = [m for m in model.roi_heads.mask_head.modules()
+                      if isinstance(m, torch.nn.Conv2d)]
+        return (model.backbone.out_channels, model.roi_heads.box_head.fc6.in_features,
+                model.roi_heads.box_head.fc7.out_features, len(mask_convs),
+                mask_convs[0].out_channels)
+
+    backbone = load_backbone("random:vit_tiny:16")
+    # torchvision's own Mask R-CNN heads at the defaults (the paper preset) ...
+    assert widths(build_model(backbone, 3, settings_from("paper"))) == (256, 256 * 7 * 7, 1024,
+                                                                         4, 256)
+    # ... and the halved heads of the cpu preset, which still run end to end
+    cpu = build_model(backbone, 3, settings_from("cpu")).eval()
+    assert widths(cpu) == (128, 128 * 7 * 7, 512, 2, 128)
+    with torch.no_grad():
+        (out,) = cpu([torch.rand(3, 64, 64)])
+    assert out["masks"].shape[1:] == (1, 64, 64)
+
+
 def test_bad_input_is_one_line(tmp_path, coco, capsys):
     from selfpatch.cli import main
 

@@ -178,15 +178,22 @@ def test_coco_json_loads_and_scores_perfect_100_and_mislabelled_0(tmp_path):
 
 
 # ----------------------------------------------------------------------------- converters
-# The layouts as mmsegmentation's VisionTransformer and detectron2's ViTDet ViT name their
-# parameters (from their source; neither library installs here without compiling mmcv /
-# detectron2), for ViT-Ti/16 (D = 192, MLP 768) with a 6x6 position table.
+# The layouts as mmsegmentation's VisionTransformer, mmpretrain's VisionTransformer (what
+# mmdet 3.x builds) and detectron2's ViTDet ViT name their parameters (from their source; none
+# of them installs here without compiling mmcv / detectron2), for ViT-Ti/16 (D = 192, MLP 768)
+# with a 6x6 position table.
 D, MLP, N = 192, 768, 36
 MMSEG_BLOCK = {"ln1.weight": (D,), "ln1.bias": (D,), "attn.attn.in_proj_weight": (3 * D, D),
                "attn.attn.in_proj_bias": (3 * D,), "attn.attn.out_proj.weight": (D, D),
                "attn.attn.out_proj.bias": (D,), "ln2.weight": (D,), "ln2.bias": (D,),
                "ffn.layers.0.0.weight": (MLP, D), "ffn.layers.0.0.bias": (MLP,),
                "ffn.layers.1.weight": (D, MLP), "ffn.layers.1.bias": (D,)}
+# mmpretrain's TransformerEncoderLayer: ln1, its own MultiheadAttention (qkv, proj), ln2, mmcv FFN
+MMPRETRAIN_BLOCK = {"ln1.weight": (D,), "ln1.bias": (D,), "attn.qkv.weight": (3 * D, D),
+                    "attn.qkv.bias": (3 * D,), "attn.proj.weight": (D, D), "attn.proj.bias": (D,),
+                    "ln2.weight": (D,), "ln2.bias": (D,), "ffn.layers.0.0.weight": (MLP, D),
+                    "ffn.layers.0.0.bias": (MLP,), "ffn.layers.1.weight": (D, MLP),
+                    "ffn.layers.1.bias": (D,)}
 D2_BLOCK = {"norm1.weight": (D,), "norm1.bias": (D,), "attn.qkv.weight": (3 * D, D),
             "attn.qkv.bias": (3 * D,), "attn.proj.weight": (D, D), "attn.proj.bias": (D,),
             "norm2.weight": (D,), "norm2.bias": (D,), "mlp.fc1.weight": (MLP, D),
@@ -202,6 +209,15 @@ def _expected_mmseg() -> dict[str, tuple]:
     return keys
 
 
+def _expected_mmdet() -> dict[str, tuple]:
+    keys = {"cls_token": (1, 1, D), "pos_embed": (1, 1 + N, D),
+            "patch_embed.projection.weight": (D, 3, 16, 16), "patch_embed.projection.bias": (D,),
+            "ln1.weight": (D,), "ln1.bias": (D,)}
+    for i in range(12):
+        keys.update({f"layers.{i}.{k}": v for k, v in MMPRETRAIN_BLOCK.items()})
+    return {f"backbone.{k}": v for k, v in keys.items()}
+
+
 def _expected_detectron2() -> dict[str, tuple]:
     keys = {"backbone.net.pos_embed": (1, 1 + N, D),
             "backbone.net.patch_embed.proj.weight": (D, 3, 16, 16),
@@ -212,7 +228,7 @@ def _expected_detectron2() -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("class_token", [True, False])
-def test_converted_keys_and_shapes_match_mmseg_and_detectron2(class_token):
+def test_converted_keys_and_shapes_match_mmseg_mmdet_and_detectron2(class_token):
     from selfpatch.models.convert import convert
 
     vit = ViTBackbone(make_backbone_spec("vit_tiny", 16, 96, class_token=class_token)).vit
@@ -227,6 +243,12 @@ def test_converted_keys_and_shapes_match_mmseg_and_detectron2(class_token):
                                state["blocks.3.attn.qkv.weight"])
     torch.testing.assert_close(d2["model"]["backbone.net.blocks.3.mlp.fc2.weight"],
                                state["blocks.3.mlp.fc2.weight"])
+    mmdet = convert(state, "mmdet")
+    assert set(mmdet) == {"state_dict"}
+    assert {k: tuple(v.shape) for k, v in mmdet["state_dict"].items()} == _expected_mmdet()
+    torch.testing.assert_close(mmdet["state_dict"]["backbone.layers.3.attn.qkv.weight"],
+                               state["blocks.3.attn.qkv.weight"])
+    torch.testing.assert_close(mmdet["state_dict"]["backbone.ln1.weight"], state["norm.weight"])
     pos = mm["pos_embed"]
     if class_token:
         torch.testing.assert_close(pos, state["pos_embed"])
@@ -251,6 +273,9 @@ def test_export_cli_writes_converted_files(tmp_path, capsys):
     assert main(["export", str(export), "--format", "detectron2",
                  "--out", str(tmp_path / "d2.pth")]) == 0
     assert "model" in torch.load(tmp_path / "d2.pth", weights_only=True)
+    assert main(["export", str(export), "--format", "mmdet"]) == 0
+    mmdet = torch.load(tmp_path / "b_mmdet.pth", weights_only=True)
+    assert "backbone.layers.0.attn.qkv.weight" in mmdet["state_dict"]
     swin = tmp_path / "swin.safetensors"
     save_file({"layers.0.blocks.0.norm1.weight": torch.ones(3)}, str(swin))
     assert main(["export", str(swin), "--format", "mmseg"]) == 2

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a .safetensors export)")
     p.add_argument("--out", default=None, help="output .safetensors (default: in the run dir)")
     p.add_argument("--which", default="teacher", choices=["teacher", "student"])
-    p.add_argument("--format", default="timm", choices=["timm", "mmseg", "detectron2"],
-                   help="timm safetensors (default) or a .pth in mmseg's / detectron2's layout")
+    p.add_argument("--format", default="timm", choices=["timm", "mmseg", "mmdet", "detectron2"],
+                   help="timm safetensors (default) or a .pth in mmseg's / mmdet's (mmpretrain) "
+                   "/ detectron2's layout")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("presets", help="list presets and config keys, or show one resolved")

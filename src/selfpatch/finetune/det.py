@@ -12,8 +12,9 @@ pycocotools' ``COCOeval`` (``pip install selfpatch[finetune]``). Data in COCO la
   flips, the pyramid from blocks 4, 6, 8, 12 (``multilevel``). Their DETR-style random crop
   is left out. For GPU users (``--iters`` = 12 epochs of your data / batch).
 - ``cpu``: minutes on a laptop: the built-in scenes at 192 px, 300 iterations, batch 4,
-  AdamW 1e-4, flips; 128 sampled RoIs per image, 300 RPN proposals, 20 detections per image
-  and the first 100 validation images (torchvision: 512, 2000, 100, all).
+  AdamW 1e-4, flips; 64 sampled RoIs per image, 300 RPN proposals, 20 detections per image
+  and the first 100 validation images (torchvision: 512, 2000, 100, all); heads half as
+  wide (128-channel pyramid, 512-wide box MLP, two mask convs instead of four).
 """
 
 from __future__ import annotations
@@ -59,14 +60,21 @@ class FinetuneDetSettings:
     rpn_post_nms_train: int = 2000
     detections_per_image: int = 100
     val_limit: int = 0  # score only the first N validation images (0 = all)
+    # Head widths (torchvision's = mmdet's Mask R-CNN: 256-channel pyramid, 1024-wide box MLP,
+    # four 3x3 mask convs). The cpu preset halves them: on 2 CPU cores most of a step is the
+    # pyramid/mask convolutions and RoIAlign's backward, which all scale with these.
+    channels: int = 256
+    box_hidden: int = 1024
+    mask_convs: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 PRESETS = {
-    "cpu": FinetuneDetSettings(rois_per_image=128, rpn_post_nms_train=300,
-                               detections_per_image=20, val_limit=100),
+    "cpu": FinetuneDetSettings(rois_per_image=64, rpn_post_nms_train=300,
+                               detections_per_image=20, val_limit=100, channels=128,
+                               box_hidden=512, mask_convs=2),
     "paper": FinetuneDetSettings(min_sizes=tuple(range(480, 801, 32)), max_size=1333,
                                  test_size=800, iters=90000, batch_size=16, lr=5e-5,
                                  weight_decay=0.05, warmup_iters=1000, pyramid="multilevel"),
@@ -181,10 +189,18 @@ def coco_ap(coco_gt, results: list[dict], image_ids: list[int] | None = None) ->
 
 def build_model(backbone: torch.nn.Module, num_classes: int,
                 settings: FinetuneDetSettings) -> torch.nn.Module:
-    """torchvision Mask R-CNN on the ViT pyramid (``num_classes`` + background)."""
+    """torchvision Mask R-CNN on the ViT pyramid (``num_classes`` + background), its heads
+    ``settings.channels`` wide (torchvision's own heads when the widths are its defaults)."""
     from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-    return MaskRCNN(ViTFeaturePyramid(backbone, settings.pyramid), num_classes=num_classes + 1,
+    c, n = settings.channels, num_classes + 1
+    return MaskRCNN(ViTFeaturePyramid(backbone, settings.pyramid, out_channels=c),
+                    box_head=TwoMLPHead(c * 7 * 7, settings.box_hidden),  # 7x7 RoIAlign
+                    box_predictor=FastRCNNPredictor(settings.box_hidden, n),
+                    mask_head=MaskRCNNHeads(c, [c] * settings.mask_convs, 1),
+                    mask_predictor=MaskRCNNPredictor(c, c, n),
                     min_size=settings.min_sizes, max_size=settings.max_size,
                     image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
                     box_batch_size_per_image=settings.rois_per_image,

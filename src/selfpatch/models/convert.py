@@ -10,13 +10,20 @@ check names and shapes against the layouts written down below):
   ``attn.attn.in_proj_{weight,bias}``, ``attn.proj`` -> ``attn.attn.out_proj``,
   ``mlp.fc1`` -> ``ffn.layers.0.0``, ``mlp.fc2`` -> ``ffn.layers.1``, final ``norm`` ->
   ``ln1``; ``cls_token`` and ``pos_embed`` (with its [CLS] slot) unchanged.
+- ``mmdet`` (mmdetection 3.x builds plain ViT backbones from mmpretrain:
+  ``type='mmpretrain.VisionTransformer'``): mmpretrain's layout, which differs from
+  mmseg's only in the attention (its own ``attn.qkv`` / ``attn.proj`` linears, not
+  ``nn.MultiheadAttention``), keys prefixed ``backbone.`` in a ``{"state_dict": ...}``
+  file as mmpretrain's own classifier checkpoints are, so mmdet loads it with
+  ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``; final norm
+  ``ln1`` kept (mmpretrain skips it with ``final_norm=False``).
 - ``detectron2`` (ViTDet's ``ViT`` under ``SimpleFeaturePyramid``, keys prefixed
   ``backbone.net.`` in a ``{"model": ...}`` file): timm's block names; ``pos_embed`` with a
   [CLS] slot (``pretrain_use_cls_token=True``); no ``cls_token`` and no final norm (ViTDet
   has neither). Build it with ``pretrain_img_size`` = this run's ``data.global_size``.
 
-A SelfPatch backbone has no [CLS] token: both layouts get a zero [CLS] slot in ``pos_embed``
-(and mmseg a zero ``cls_token``), which only a [CLS] output would read.
+A SelfPatch backbone has no [CLS] token: every layout gets a zero [CLS] slot in ``pos_embed``
+(and mmseg/mmdet a zero ``cls_token``), which only a [CLS] output would read.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 
 from selfpatch.errors import SelfPatchError
 
-FORMATS = ("mmseg", "detectron2")
+FORMATS = ("mmseg", "mmdet", "detectron2")
 
 
 def _with_cls_slot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -38,8 +45,9 @@ def _with_cls_slot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_mmseg(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm ViT keys -> mmsegmentation ``VisionTransformer`` keys (module doc)."""
+def to_mmseg(state: dict[str, torch.Tensor], attention: str = "mmcv") -> dict[str, torch.Tensor]:
+    """timm ViT keys -> mmsegmentation ``VisionTransformer`` keys (module doc);
+    ``attention="mmpretrain"`` keeps timm's ``qkv``/``proj`` names (mmpretrain's layout)."""
     out = {}
     for key, value in _with_cls_slot(state).items():
         if key.startswith("head"):
@@ -49,16 +57,24 @@ def to_mmseg(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif key.startswith("patch_embed.proj."):
             new = key.replace("patch_embed.proj.", "patch_embed.projection.")
         elif key.startswith("blocks."):
-            new = (key.replace("attn.qkv.weight", "attn.attn.in_proj_weight")
-                   .replace("attn.qkv.bias", "attn.attn.in_proj_bias")
-                   .replace("attn.proj.", "attn.attn.out_proj.")
-                   .replace("mlp.fc1.", "ffn.layers.0.0.").replace("mlp.fc2.", "ffn.layers.1.")
+            new = key
+            if attention == "mmcv":  # torch.nn.MultiheadAttention inside mmcv's wrapper
+                new = (new.replace("attn.qkv.weight", "attn.attn.in_proj_weight")
+                       .replace("attn.qkv.bias", "attn.attn.in_proj_bias")
+                       .replace("attn.proj.", "attn.attn.out_proj."))
+            new = (new.replace("mlp.fc1.", "ffn.layers.0.0.").replace("mlp.fc2.", "ffn.layers.1.")
                    .replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2."))
             new = "layers." + new[len("blocks."):]
         else:
             new = key
         out[new] = value
     return out
+
+
+def to_mmdet(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """timm ViT keys -> ``{"state_dict": {"backbone.<mmpretrain key>": ...}}`` (module doc)."""
+    return {"state_dict": {f"backbone.{k}": v
+                           for k, v in to_mmseg(state, attention="mmpretrain").items()}}
 
 
 def to_detectron2(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -73,5 +89,6 @@ def convert(state: dict[str, torch.Tensor], fmt: str) -> dict:
     if fmt not in FORMATS:
         raise SelfPatchError(f"--format {fmt!r} is not one of timm, {', '.join(FORMATS)}")
     if "pos_embed" not in state or not any(k.startswith("blocks.") for k in state):
-        raise SelfPatchError("only plain ViT backbones convert to mmseg / detectron2 layouts")
-    return to_mmseg(state) if fmt == "mmseg" else to_detectron2(state)
+        raise SelfPatchError(f"only plain ViT backbones convert to the {fmt} layout (a Swin "
+                             "has none here); export it with --format timm")
+    return {"mmseg": to_mmseg, "mmdet": to_mmdet, "detectron2": to_detectron2}[fmt](state)

@@ -16,7 +16,7 @@ from selfpatch.data.builtin.looks import LOOKS
 from selfpatch.data.builtin.render import to_uint8
 from selfpatch.data.builtin.scenes import render_scene, render_single
 from selfpatch.data.builtin.spec import BuiltinSpec
-from selfpatch.data.builtin.videos import sample_video
+from selfpatch.data.builtin.videos import VideoLayout, sample_video
 
 
 @dataclass(frozen=True)
@@ -140,16 +140,20 @@ def _video(ctx: Context, index: int) -> list[int]:
         scale=(spec.video_min_scale, spec.video_max_scale),
         look=LOOKS[spec.version],
     )
-    sequence = layouts.davis_sequence(index)
-    for frame in range(spec.video_frames):
+    write_video(ctx.out, layouts.davis_sequence(index), layout, photos)
+    return [t.index for t in layout.tracks]
+
+
+def write_video(out: Path, sequence: str, layout: VideoLayout, photos: np.ndarray) -> None:
+    """Render every frame of ``layout`` into ``out``'s DAVIS layout as ``sequence``."""
+    for frame in range(layout.frames):
         rendered = layout.render(photos, frame)
-        jpg, png = layouts.davis_paths(ctx.out, sequence, frame)
+        jpg, png = layouts.davis_paths(out, sequence, frame)
         if frame == 0:
             jpg.parent.mkdir(parents=True, exist_ok=True)
             png.parent.mkdir(parents=True, exist_ok=True)
         layouts.save_jpeg(jpg, to_uint8(rendered.rgb))
         layouts.save_palette_png(png, rendered.instance)
-    return [t.index for t in layout.tracks]
 
 
 def _knn(ctx: Context, split: str, index: int) -> list[int]:

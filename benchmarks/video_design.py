@@ -1,0 +1,149 @@
+"""How the built-in videos should look so that J&F rewards object-level features (issue 9).
+
+    python benchmarks/video_design.py --out runs/video-design \\
+        --checkpoint random:vit_tiny:16 \\
+        --checkpoint runs/controls/supervised-vit.safetensors \\
+        --checkpoint runs/my-dino-run [--variants v2 shared-tint]
+
+On v2 every object of a clip has its own random tint, so label propagation from frame 0 can
+follow colour alone: random weights score highest on J&F and a supervised ViT (features that
+ignore colour) lowest (docs/results.md). Each candidate rendering here draws the same clips
+(same seeds, objects, paths and backgrounds) and changes one thing; every checkpoint is then
+scored with the DAVIS protocol (``selfpatch eval davis``'s code, built-in defaults) on each.
+A rendering worth shipping ranks the controls the right way: supervised and pre-trained
+checkpoints above random weights. Writes ``OUT/summary.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from selfpatch.data.builtin import layouts
+from selfpatch.data.builtin.generate import item_rng, write_video
+from selfpatch.data.builtin.looks import LOOKS
+from selfpatch.data.builtin.render import Placement
+from selfpatch.data.builtin.scenes import random_tint
+from selfpatch.data.builtin.source import find_fashion_mnist
+from selfpatch.data.builtin.spec import BuiltinSpec
+from selfpatch.data.builtin.videos import Track, VideoLayout, sample_video
+from selfpatch.runtime import apply_threads, cpu_name
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftTrack(Track):
+    """A track whose tint moves linearly (in RGB) to ``tint_end`` over the clip, as lighting
+    or white balance drifts in real footage: colour stops being a stable identity cue."""
+
+    tint_end: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def at(self, t: float) -> Placement:
+        tint = tuple(a + (b - a) * t for a, b in zip(self.tint, self.tint_end))
+        return dataclasses.replace(super().at(t), tint=tint)
+
+
+def _tint_drift(layout: VideoLayout, index: int) -> VideoLayout:
+    """Each object's tint drifts to a new random tint by the last frame (own generator, so
+    the clip is otherwise the same)."""
+    rng = np.random.default_rng([index, 7919])
+    return dataclasses.replace(layout, tracks=tuple(
+        DriftTrack(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Track)},
+                   tint_end=random_tint(rng, LOOKS[2])) for t in layout.tracks))
+
+
+def _shared_tint(layout: VideoLayout, index: int = 0) -> VideoLayout:
+    """Every object of the clip takes the first object's tint: colour cannot tell them apart."""
+    tint = layout.tracks[0].tint
+    return dataclasses.replace(
+        layout, tracks=tuple(dataclasses.replace(t, tint=tint) for t in layout.tracks))
+
+
+#: Candidate renderings: name -> (change to the v2 clip, its description).
+VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
+    "v2": (lambda layout, index: layout, "v2 as shipped: one random tint per object"),
+    "shared-tint": (_shared_tint, "one random tint per clip, shared by all its objects"),
+    "tint-drift": (_tint_drift, "v2, each object's tint drifting to another random tint "
+                   "over the clip"),
+    "shared-drift": (lambda layout, index: _tint_drift(_shared_tint(layout), index),
+                     "one tint per clip at frame 0, each object drifting to its own tint"),
+}
+
+
+def build_videos(out: Path, change: Callable[[VideoLayout, int], VideoLayout], seed: int = 0,
+                 n_videos: int = 30) -> Path:
+    """The built-in clips (v2 sizes and seeds) with ``change`` applied; returns the DAVIS root."""
+    spec = BuiltinSpec(seed=seed, n_videos=n_videos)
+    root = out / layouts.DAVIS
+    if (root / "ImageSets" / "2017" / "val.txt").exists():
+        return root
+    fm = find_fashion_mnist(None)
+    sequences = []
+    for index in range(spec.n_videos):
+        layout = change(sample_video(
+            item_rng(spec.seed, "davis", index), fm.test_images, fm.test_labels,
+            size=spec.video_size, frames=spec.video_frames,
+            n_objects=(spec.video_min_objects, spec.video_max_objects),
+            scale=(spec.video_min_scale, spec.video_max_scale), look=LOOKS[spec.version]),
+            index)
+        sequence = layouts.davis_sequence(index)
+        write_video(out, sequence, layout, fm.test_images)
+        sequences.append(sequence)
+    lists = root / "ImageSets" / "2017"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "val.txt").write_text("".join(f"{s}\n" for s in sequences))
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/video-design"))
+    parser.add_argument("--checkpoint", action="append", required=True)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    from selfpatch.evaluate.davis import evaluate_davis
+    from selfpatch.evaluate.options import EvalOptions
+    from selfpatch.models.loading import load_backbone
+
+    rows: dict[str, dict[str, float]] = {}
+    for variant in args.variants:
+        change, _ = VARIANTS[variant]
+        root = build_videos(args.out / variant, change)
+        for source in args.checkpoint:
+            tag = source.replace("/", "_").replace(":", "_")
+            done = args.out / variant / "results" / tag / "score.json"
+            if done.exists():  # scored in an earlier call: reuse
+                rows.setdefault(source, {})[variant] = json.loads(done.read_text())["J&F"]
+                continue
+            backbone = load_backbone(source, "cpu").eval()
+            start = time.perf_counter()
+            # the built-in defaults of `selfpatch eval davis` (frames upscaled to a 16x16 grid)
+            settings = EvalOptions().propagation(builtin=True, patch_size=backbone.patch_size)
+            result = evaluate_davis(backbone, root, args.out / variant / "results" / tag,
+                                    settings=settings, log=None)
+            rows.setdefault(source, {})[variant] = 100 * result["global"]["J&F-Mean"]
+            done.write_text(json.dumps({"J&F": rows[source][variant]}))
+            print(f"{variant:12s} {source}: J&F {rows[source][variant]:.1f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    header = "| checkpoint | " + " | ".join(f"J&F {v}" for v in args.variants) + " |"
+    lines = [f"# Video design: J&F per rendering ({cpu_name()}, "
+             f"{time.strftime('%Y-%m-%d')})", "",
+             *(f"- `{v}`: {VARIANTS[v][1]}" for v in args.variants), "", header,
+             "|---|" + "---:|" * len(args.variants)]
+    lines += [f"| `{s}` | " + " | ".join(f"{rows[s][v]:.1f}" for v in args.variants) + " |"
+              for s in args.checkpoint]
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
