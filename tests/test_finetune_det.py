@@ -93,19 +93,25 @@ def test_perfect_predictions_score_100_and_none_score_0(coco):
     assert set(coco_ap(val.coco, []).values()) == {0.0}
 
 
-def test_mask_rcnn_trains_and_predicts_in_coco_format(coco):
+def test_mask_rcnn_trains_and_predicts_in_coco_format(coco, tmp_path):
     train, val = coco
     settings = FinetuneDetSettings(min_sizes=(64,), max_size=64, test_size=64, iters=2,
                                    batch_size=2, rois_per_image=32, rpn_post_nms_train=50,
                                    detections_per_image=5)
-    result = finetune_det("random:vit_tiny:16", train, val, settings, log=None)
+    result = finetune_det("random:vit_tiny:16", train, val, settings, log=None,
+                          save_to=(tmp_path, 3))
     for key in ("box_AP", "box_AP50", "mask_AP", "mask_AP50"):
         assert 0.0 <= result[key] <= 100.0
     assert np.isfinite(result["train_loss"]) and result["num_val"] == 4
+    from safetensors.torch import load_file
+
     from selfpatch.finetune.det import build_model
     from selfpatch.models.loading import load_backbone
 
     model = build_model(load_backbone("random:vit_tiny:16"), 2, settings)
+    # the kept file is the whole fine-tuned detector: it loads strictly into a fresh one
+    assert result["model_file"] == str(tmp_path / "models" / "03-random_vit_tiny_16.safetensors")
+    model.load_state_dict(load_file(result["model_file"]))
     dets = predict(model, val, settings, torch.device("cpu"))
     assert all(d["category_id"] in (1, 2) and len(d["bbox"]) == 4 for d in dets)
     assert len(dets) <= 5 * len(val)

@@ -56,7 +56,8 @@ def test_finetuning_learns_the_coloured_rectangles(tmp_path):
     root = make_seg(tmp_path / "seg", num_train=8, num_val=4, size=64, num_classes=3)
     settings = FinetuneSegSettings(image_size=64, iters=40, batch_size=4, lr=1e-3,
                                    warmup_iters=4)
-    trained = finetune_seg("random:vit_tiny:16", root, 3, settings, log=None)
+    trained = finetune_seg("random:vit_tiny:16", root, 3, settings, log=None,
+                           save_to=(tmp_path / "ft", 0))
     untrained = finetune_seg("random:vit_tiny:16", root, 3,
                              FinetuneSegSettings(image_size=64, iters=1, batch_size=1,
                                                  lr=1e-9, warmup_iters=1), log=None)
@@ -66,6 +67,19 @@ def test_finetuning_learns_the_coloured_rectangles(tmp_path):
     with pytest.raises(SelfPatchError, match="multiple of 32"):
         finetune_seg("random:vit_tiny:16", root, 3, FinetuneSegSettings(image_size=48),
                      log=None)
+    # The kept model is the fine-tuned one: rebuilt from the file, it scores the same.
+    from safetensors.torch import load_file
+
+    from selfpatch.evaluate.seg import list_seg_pairs
+    from selfpatch.finetune.seg import evaluate_model
+    from selfpatch.models.loading import load_backbone
+
+    saved = Path(trained["model_file"])
+    assert saved == tmp_path / "ft" / "models" / "00-random_vit_tiny_16.safetensors"
+    model = SemanticFPN(ViTFeaturePyramid(load_backbone("random:vit_tiny:16")), 3)
+    model.load_state_dict(load_file(str(saved)))
+    again = evaluate_model(model, list_seg_pairs(root, "val"), 3, settings, torch.device("cpu"))
+    assert again["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-4)
 
 
 def test_cli_writes_a_report_row_per_checkpoint(tmp_path, capsys):
@@ -82,6 +96,13 @@ def test_cli_writes_a_report_row_per_checkpoint(tmp_path, capsys):
     assert [r["source"] for r in rows] == ["random:vit_tiny:16", "random:vit_tiny:8"]
     md = (out / "report.md").read_text()
     assert "| random:vit_tiny:16 |" in md and "| random:vit_tiny:8 |" in md
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "00-random_vit_tiny_16.safetensors", "01-random_vit_tiny_8.safetensors"]
+    assert main(["finetune", "seg", "--checkpoint", "random:vit_tiny:16", "--seg-root",
+                 str(root), "--num-classes", "3", "--image-size", "64", "--iters", "1",
+                 "--batch-size", "1", "--threads", "1", "--out", str(tmp_path / "ft2"),
+                 "--no-save-models"]) == 0
+    assert not (tmp_path / "ft2" / "models").exists()
     assert main(["finetune", "seg", "--checkpoint", "random:vit_tiny:16", "--seg-root",
                  str(root), "--num-classes", "2", "--iters", "1"]) == 2  # label 3 > 2 classes
     assert "outside" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def _seg(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     md = run_many(args.checkpoint, data.root, num_classes, settings, out,
-                  resolve_device(args.device), args.train_limit, args.val_limit)
+                  resolve_device(args.device), args.train_limit, args.val_limit,
+                  save_models=args.save_models)
     print(md.read_text())
     print(f"report: {md}")
     return 0
@@ -73,7 +74,7 @@ def _det(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     md = run_many(args.checkpoint, train, val, settings, Path(args.out),
-                  resolve_device(args.device))
+                  resolve_device(args.device), save_models=args.save_models)
     print(md.read_text())
     print(f"report: {md}")
     return 0
@@ -92,6 +93,8 @@ def _common(p: argparse.ArgumentParser, presets: str, out: str) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=out)
+    p.add_argument("--no-save-models", dest="save_models", action="store_false",
+                   help="do not keep the fine-tuned models (default: OUT/models/*.safetensors)")
 
 
 def register(subparsers) -> None:

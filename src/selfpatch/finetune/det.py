@@ -30,7 +30,12 @@ import numpy as np
 import torch
 
 from selfpatch.errors import SelfPatchError
-from selfpatch.finetune.loop import optimisation_step, parameter_groups, write_report
+from selfpatch.finetune.loop import (
+    optimisation_step,
+    parameter_groups,
+    save_finetuned,
+    write_report,
+)
 from selfpatch.io import read_rgb
 from selfpatch.models.loading import load_backbone
 from selfpatch.models.pyramid import ViTFeaturePyramid
@@ -235,8 +240,9 @@ def predict(model: torch.nn.Module, dataset: CocoDetection, settings: FinetuneDe
 
 def finetune_det(source: str, train: CocoDetection, val: CocoDetection,
                  settings: FinetuneDetSettings, device: torch.device | str = "cpu",
-                 log=print) -> dict:
-    """Fine-tune ``source``'s backbone with Mask R-CNN on ``train``; AP on ``val``."""
+                 log=print, save_to: tuple[Path, int] | None = None) -> dict:
+    """Fine-tune ``source``'s backbone with Mask R-CNN on ``train``; AP on ``val`` (and,
+    with ``save_to=(out, index)``, keep the fine-tuned model: ``save_finetuned``)."""
     if train.category_ids != val.category_ids:
         raise SelfPatchError(f"{train.path} and {val.path} have different categories; use "
                              "annotation files of one data set")
@@ -267,23 +273,28 @@ def finetune_det(source: str, train: CocoDetection, val: CocoDetection,
         loss = sum(model(images, targets).values())
         last = optimisation_step(optimizer, loss, lr, it, settings.iters, "det", log)
     train_seconds = time.perf_counter() - start
+    saved = save_finetuned(model, *save_to, source, "det") if save_to else None
     n_val = min(len(val), settings.val_limit or len(val))
     metrics = coco_ap(val.coco, predict(model, val, settings, device), val.ids[:n_val])
     return {**metrics, "train_loss": last, "train_seconds": train_seconds,
+            "model_file": str(saved) if saved else None,
             "num_train": len(train), "num_val": n_val,
             "settings": {**settings.to_dict(), "model": "torchvision Mask R-CNN + ViT pyramid",
                          "train": str(train.path), "val": str(val.path)}}
 
 
 def run_many(sources: list[str], train: CocoDetection, val: CocoDetection,
-             settings: FinetuneDetSettings, out: Path, device: str = "cpu", log=print) -> Path:
-    """Fine-tune each source with the same settings and seed; write report.json / .md."""
+             settings: FinetuneDetSettings, out: Path, device: str = "cpu", log=print,
+             save_models: bool = True) -> Path:
+    """Fine-tune each source with the same settings and seed; write report.json / .md and,
+    unless ``save_models`` is False, each fine-tuned model under ``out/models/``."""
     rows = []
-    for source in sources:
+    for i, source in enumerate(sources):
         if log:
             log(f"finetune det: {source}")
-        rows.append({"source": source, **finetune_det(source, train, val, settings, device,
-                                                       log)})
+        rows.append({"source": source, **finetune_det(
+            source, train, val, settings, device, log,
+            save_to=(out, i) if save_models else None)})
     s = settings
     description = (f"Train `{train.path}` ({len(train)} images), val `{val.path}` "
                    f"({rows[0]['num_val']} images scored), {train.num_classes} classes. "

@@ -1,8 +1,10 @@
-"""What the fine-tuning commands share: parameter groups, one optimisation step, the report."""
+"""What the fine-tuning commands share: parameter groups, one optimisation step, the saved
+model, the report."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -40,6 +42,21 @@ def optimisation_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: 
     if log and (it + 1) % max(1, iters // 5) == 0:
         log(f"finetune {task}: iteration {it + 1}/{iters}, loss {value:.3f}")
     return value
+
+
+def save_finetuned(model: torch.nn.Module, out: Path, index: int, source: str,
+                   task: str) -> Path:
+    """Write the fine-tuned model's ``state_dict`` (backbone, pyramid and head) as
+    ``out/models/<index>-<source>.safetensors`` (atomically; the source and task in its
+    metadata) and return the path. Load it into the same ``build_model`` / ``SemanticFPN``."""
+    from safetensors.torch import save_file
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[-80:]
+    path = out / "models" / f"{index:02d}-{slug}.safetensors"
+    # safetensors refuses shared or strided storage: give it plain contiguous copies
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={
+        "source": source, "task": task, "format": "selfpatch-finetuned"}))
 
 
 def write_report(out: Path, rows: list[dict], title: str, description: str,

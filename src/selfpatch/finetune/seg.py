@@ -36,7 +36,12 @@ from selfpatch.evaluate.seg import (
     read_label,
     segmentation_metrics,
 )
-from selfpatch.finetune.loop import optimisation_step, parameter_groups, write_report
+from selfpatch.finetune.loop import (
+    optimisation_step,
+    parameter_groups,
+    save_finetuned,
+    write_report,
+)
 from selfpatch.finetune.semantic_fpn import SemanticFPN
 from selfpatch.io import read_rgb
 from selfpatch.models.loading import load_backbone
@@ -113,8 +118,10 @@ def evaluate_model(model: torch.nn.Module, pairs: list[tuple[Path, Path]], num_c
 
 def finetune_seg(source: str, root: str | Path, num_classes: int,
                  settings: FinetuneSegSettings, device: torch.device | str = "cpu",
-                 train_limit: int = 0, val_limit: int = 0, log=print) -> dict:
-    """Fine-tune ``source``'s backbone with a Semantic FPN on ``root``; return the metrics."""
+                 train_limit: int = 0, val_limit: int = 0, log=print,
+                 save_to: tuple[Path, int] | None = None) -> dict:
+    """Fine-tune ``source``'s backbone with a Semantic FPN on ``root``; return the metrics
+    (and, with ``save_to=(out, index)``, keep the fine-tuned model: ``save_finetuned``)."""
     if num_classes < 1:
         raise SelfPatchError(f"--num-classes must be at least 1, got {num_classes}")
     device = torch.device(device)
@@ -144,9 +151,11 @@ def finetune_seg(source: str, root: str | Path, num_classes: int,
         last_loss = optimisation_step(optimizer, loss, lr_at(it, settings), it, settings.iters,
                                       "seg", log)
     train_seconds = time.perf_counter() - start
+    saved = save_finetuned(model, *save_to, source, "seg") if save_to else None
     metrics = segmentation_metrics_without_per_class(
         evaluate_model(model, val_pairs, num_classes, settings, device))
     return {**metrics, "train_loss": last_loss, "train_seconds": train_seconds,
+            "model_file": str(saved) if saved else None,
             "num_train": len(train_pairs), "num_val": len(val_pairs),
             "settings": {**settings.to_dict(), "head": "Semantic FPN (mmseg FPNHead, 128 ch)",
                          "root": str(root), "num_classes": num_classes}}
@@ -161,15 +170,17 @@ def segmentation_metrics_without_per_class(metrics: dict) -> dict:
 
 def run_many(sources: list[str], root: str | Path, num_classes: int,
              settings: FinetuneSegSettings, out: Path, device: str = "cpu",
-             train_limit: int = 0, val_limit: int = 0, log=print) -> Path:
+             train_limit: int = 0, val_limit: int = 0, log=print,
+             save_models: bool = True) -> Path:
     """Fine-tune each source with the same settings and seed; write ``report.json`` and
-    ``report.md`` (one row per source) into ``out``; return the markdown path."""
+    ``report.md`` (one row per source) into ``out``, and each fine-tuned model under
+    ``out/models/`` unless ``save_models`` is False; return the markdown path."""
     rows = []
-    for source in sources:
+    for i, source in enumerate(sources):
         if log:
             log(f"finetune seg: {source}")
         result = finetune_seg(source, root, num_classes, settings, device, train_limit,
-                              val_limit, log)
+                              val_limit, log, save_to=(out, i) if save_models else None)
         rows.append({"source": source, **result})
     s = settings
     description = (f"Data: `{root}` ({rows[0]['num_train']} train / {rows[0]['num_val']} val "
