@@ -139,13 +139,15 @@ def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: lis
 
 def evaluate(sources: list[str], out: Path, eval_args: list[str],
              runner: Runner = run_subprocess) -> dict:
-    """One ``selfpatch eval all`` over ``sources``; reused while the sources are the same."""
+    """One ``selfpatch eval all`` over ``sources``; reused while the sources are the same, and
+    with ``--reuse`` only the sources not yet in ``out/report.json`` are evaluated."""
     report_path = out / "report.json"
     sources_path = out / "sources.json"
     if report_path.exists() and sources_path.exists() and \
             json.loads(sources_path.read_text()) == {"sources": sources, "args": eval_args}:
         return json.loads(report_path.read_text())
-    cmd = selfpatch_cmd("eval", "all", "--out", str(out), *eval_args)
+    # --reuse: sources scored in an earlier sitting (unchanged files) are not scored again
+    cmd = selfpatch_cmd("eval", "all", "--out", str(out), "--reuse", *eval_args)
     for source in sources:
         cmd += ["--checkpoint", source]
     runner(cmd)

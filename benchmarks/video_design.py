@@ -24,11 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from controls import PixelTokens  # benchmarks/controls.py: the raw-pixel reference
+from PIL import Image, ImageFilter
 
 from selfpatch.data.builtin import layouts
 from selfpatch.data.builtin.generate import item_rng, write_video
 from selfpatch.data.builtin.looks import LOOKS
-from selfpatch.data.builtin.render import Placement
+from selfpatch.data.builtin.render import Placement, Rendered
 from selfpatch.data.builtin.scenes import random_tint
 from selfpatch.data.builtin.source import find_fashion_mnist
 from selfpatch.data.builtin.spec import BuiltinSpec
@@ -64,6 +66,38 @@ def _shared_tint(layout: VideoLayout, index: int = 0) -> VideoLayout:
         layout, tracks=tuple(dataclasses.replace(t, tint=tint) for t in layout.tracks))
 
 
+@dataclasses.dataclass(frozen=True)
+class FlickerLayout(VideoLayout):
+    """A clip filmed badly: every frame gets its own exposure gain, colour cast and focus blur
+    (drawn from ``seed`` and the frame index), as real footage has; the masks are unchanged.
+    Tracking by exact pixel values stops working; what the frames still share is shape."""
+
+    seed: int = 0
+
+    def render(self, photos: np.ndarray, frame: int, keep_alphas: bool = False) -> Rendered:
+        rendered = super().render(photos, frame, keep_alphas)
+        rng = np.random.default_rng([self.seed, frame, 104729])
+        gain = rng.uniform(0.6, 1.4)
+        cast = rng.normal(0.0, 0.08, size=3)
+        rgb = np.clip(rendered.rgb * gain + cast, 0.0, 1.0)
+        sigma = float(rng.uniform(0.0, 1.5))
+        if sigma > 0.3:
+            image = Image.fromarray((rgb * 255).round().astype(np.uint8))
+            rgb = np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)),
+                             dtype=np.float32) / 255
+        return dataclasses.replace(rendered, rgb=rgb.astype(np.float32))
+
+
+def _flicker(layout: VideoLayout, index: int) -> VideoLayout:
+    return FlickerLayout(**{f.name: getattr(layout, f.name)
+                            for f in dataclasses.fields(VideoLayout)}, seed=index)
+
+
+def _fast(layout: VideoLayout, index: int = 0) -> VideoLayout:
+    """The same paths covered in 9 frames instead of 25: 3x the motion per frame."""
+    return dataclasses.replace(layout, frames=9)
+
+
 #: Candidate renderings: name -> (change to the v2 clip, its description).
 VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
     "v2": (lambda layout, index: layout, "v2 as shipped: one random tint per object"),
@@ -72,6 +106,11 @@ VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
                    "over the clip"),
     "shared-drift": (lambda layout, index: _tint_drift(_shared_tint(layout), index),
                      "one tint per clip at frame 0, each object drifting to its own tint"),
+    "fast": (_fast, "v2's paths in 9 frames instead of 25 (3x the motion per frame)"),
+    "flicker": (_flicker, "v2, each frame with its own exposure gain (0.6-1.4), colour cast "
+                "(sd 0.08) and focus blur (sigma 0-1.5 px)"),
+    "fast-flicker": (lambda layout, index: _flicker(_fast(layout), index),
+                     "both: 3x the motion per frame and per-frame exposure/cast/blur"),
 }
 
 
@@ -103,7 +142,9 @@ def build_videos(out: Path, change: Callable[[VideoLayout, int], VideoLayout], s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/video-design"))
-    parser.add_argument("--checkpoint", action="append", required=True)
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="a `selfpatch eval` source, or pixels:P for raw-pixel tokens of "
+                        "P x P patches (appearance alone, a reference)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -122,7 +163,8 @@ def main() -> None:
             if done.exists():  # scored in an earlier call: reuse
                 rows.setdefault(source, {})[variant] = json.loads(done.read_text())["J&F"]
                 continue
-            backbone = load_backbone(source, "cpu").eval()
+            backbone = (PixelTokens(int(source.split(":")[1])) if source.startswith("pixels:")
+                        else load_backbone(source, "cpu").eval())
             start = time.perf_counter()
             # the built-in defaults of `selfpatch eval davis` (frames upscaled to a 16x16 grid)
             settings = EvalOptions().propagation(builtin=True, patch_size=backbone.patch_size)

@@ -183,3 +183,56 @@ def test_config_table_shows_key_settings_and_differences():
     assert "| `x.y` | 1 | 2 |" in table and "x.z" not in table  # only differences
     assert config_table([{"label": "r", "description": {"source": "random:vit_tiny"}}]) == [
         "No training config (random or exported weights)."]
+
+
+def test_eval_all_reuse_scores_only_new_or_changed_checkpoints(data, tmp_path, monkeypatch):
+    import os
+
+    import selfpatch.evaluate.report as report_mod
+
+    calls: list[str] = []
+    real = report_mod.run_task
+
+    def counting(task, source, *args, **kwargs):
+        calls.append(source)
+        return real(task, source, *args, **kwargs)
+
+    monkeypatch.setattr(report_mod, "run_task", counting)
+    run = tmp_path / "myrun"
+    _fake_run(run)
+    out = tmp_path / "report"
+    base = ["eval", "all", "--data-root", str(data), "--tasks", "knn", "--out", str(out),
+            *FAST]
+
+    def evaluate(*sources: str, extra: tuple[str, ...] = ()) -> dict:
+        calls.clear()
+        argv = [*base, *extra]
+        for source in sources:
+            argv += ["--checkpoint", source]
+        assert run_cli(argv) == 0
+        return json.loads((out / "report.json").read_text())
+
+    first = evaluate("random:vit_tiny:8", str(run))
+    assert calls == ["random:vit_tiny:8", str(run)]
+    # A new source joins: only it is scored; the others keep their earlier results.
+    second = evaluate("random:vit_tiny:8", str(run), "random:vit_tiny:16", extra=("--reuse",))
+    assert calls == ["random:vit_tiny:16"]
+    assert [e["metrics"] for e in second["checkpoints"][:2]] == \
+        [e["metrics"] for e in first["checkpoints"]]
+    assert [e["label"] for e in second["checkpoints"]] == \
+        ["random-vit_tiny-8", "myrun", "random-vit_tiny-16"]
+    # The run's checkpoint was rewritten (resumed, re-trained): it is scored again.
+    ckpt = run / "checkpoints" / "last.pt"
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    evaluate("random:vit_tiny:8", str(run), extra=("--reuse",))
+    assert calls == [str(run)]
+    # Other settings measure something else: everything is scored again ...
+    evaluate("random:vit_tiny:8", str(run), extra=("--reuse", "--knn-k", "3"))
+    assert calls == ["random:vit_tiny:8", str(run)]
+    # ... but the thread count only changes the speed.
+    evaluate("random:vit_tiny:8", str(run), extra=("--reuse", "--knn-k", "3", "--threads", "2"))
+    assert calls == []
+    # Without --reuse every source is scored.
+    evaluate("random:vit_tiny:8", str(run), extra=("--knn-k", "3"))
+    assert calls == ["random:vit_tiny:8", str(run)]

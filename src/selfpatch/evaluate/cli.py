@@ -161,6 +161,9 @@ def register(subparsers) -> None:
     _attention(p)
     p.add_argument("--tasks", default=",".join(TASKS),
                    help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the results of checkpoints already in OUT/report.json (same "
+                   "source, unchanged file, same settings and tasks); evaluate only the others")
     p.set_defaults(func=_handle_all)
 
 
@@ -204,6 +207,6 @@ def _handle_task(args: argparse.Namespace) -> int:
 def _handle_all(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    report = evaluate_all(args.checkpoint, args.out, opts, tasks)
+    report = evaluate_all(args.checkpoint, args.out, opts, tasks, reuse=args.reuse)
     print(f"report: {report['report_md']}")
     return 0

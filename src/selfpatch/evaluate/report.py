@@ -145,9 +145,46 @@ def summary_metrics(results: dict) -> dict[str, float]:
     return out
 
 
+#: Options that change how fast an evaluation runs, not what it measures.
+SPEED_ONLY_OPTIONS = ("threads",)
+
+
+def source_fingerprint(source: str) -> dict:
+    """What identifies a checkpoint's weights for reuse: the resolved file with its size and
+    modification time (a re-trained or resumed run changes both), or the ``random:`` name."""
+    text = str(source)
+    if text.startswith("random:"):
+        return {"source": text}
+    from selfpatch.checkpoint import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(text).resolve()
+    stat = path.stat()
+    return {"file": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _comparable_options(options: dict) -> dict:
+    return {k: v for k, v in json_safe(options).items() if k not in SPEED_ONLY_OPTIONS}
+
+
+def reusable_entries(report_path: Path, opts: EvalOptions, tasks: tuple[str, ...]
+                     ) -> dict[tuple[str, str], dict]:
+    """Entries of an earlier ``report.json`` that can stand for a new evaluation, keyed by
+    ``(source, label)``: same tasks, same settings (``--threads`` aside) and an entry that
+    recorded its checkpoint's fingerprint. Empty when the file is missing or unreadable."""
+    try:
+        old = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("tasks") != list(tasks) or \
+            _comparable_options(old.get("options", {})) != _comparable_options(opts.to_dict()):
+        return {}
+    return {(e["source"], e["label"]): e for e in old.get("checkpoints", [])
+            if "fingerprint" in e}
+
+
 def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
                  opts: EvalOptions | None = None, tasks: tuple[str, ...] = TASKS,
-                 log=print) -> dict:
+                 log=print, reuse: bool = False) -> dict:
     """Evaluate every checkpoint on ``tasks`` and write ``report.md`` / ``report.json``.
 
     Args:
@@ -156,6 +193,9 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
         out_dir: report folder (:func:`default_out_dir` when None).
         opts: settings (defaults when None).
         tasks: subset of :data:`TASKS`.
+        reuse: keep the results of checkpoints already in ``out_dir/report.json`` whose
+            file is unchanged and whose settings and tasks are the same, and evaluate only
+            the others (a grid finished over several sittings re-scores only its new runs).
 
     Returns:
         The report dict (also written as ``report.json``), with ``"report_md"`` set.
@@ -179,8 +219,16 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
     out_dir = Path(out_dir) if out_dir else default_out_dir(sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads, threads_reason = apply_threads(opts.threads)
+    earlier = reusable_entries(out_dir / "report.json", opts, tasks) if reuse else {}
     entries = []
     for source, label, desc in zip(sources, unique_labels(sources), described):
+        fingerprint = source_fingerprint(source)
+        old = earlier.get((source, label))
+        if old is not None and old["fingerprint"] == fingerprint:
+            if log:
+                log(f"[{label}] unchanged since the earlier report: results reused")
+            entries.append(old)
+            continue
         start = time.perf_counter()
         backbone, precision = load_for_eval(source, device, opts.precision)
         if log:
@@ -197,6 +245,7 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
         entries.append({
             "label": label,
             "source": source,
+            "fingerprint": fingerprint,
             "description": desc,
             "backbone": {"timm_name": backbone.spec.timm_name, "patch_size": backbone.patch_size,
                          "embed_dim": backbone.embed_dim},
