@@ -96,6 +96,9 @@ def test_grid_skips_finished_runs_resumes_killed_ones_and_writes_the_table(tmp_p
     assert reproduce.main(args, runner) == 0
     pre = [c for c in calls if c[3] == "pretrain"]
     assert len(pre) == 2 and sum("--resume" in c for c in pre) == 1
+    # the evaluation keeps earlier sittings' scores of unchanged checkpoints
+    evals = [c for c in calls if c[3] == "eval"]
+    assert evals and all("--reuse" in c for c in evals)
     assert "--resume" in next(c for c in pre if f"run.output_dir={killed}" in c)
     assert json.loads((killed / "done.json").read_text())["resumed"] is True
     # The resumed run is the run an uninterrupted one gives.

@@ -60,8 +60,9 @@ class SegSplit:
     """One split in memory: cached features, training-size labels, original labels."""
 
     features: torch.Tensor  # (M, h, w, D)
-    labels: torch.Tensor  # (M, H', W') int64 at the resized image size (for training)
-    full_labels: list[np.ndarray]  # M arrays (H_i, W_i), original size (for the metrics)
+    labels: torch.Tensor  # (M, H', W') at the resized image size (for training), uint8 ids
+    full_labels: list[np.ndarray]  # M arrays (H_i, W_i), original size (for the metrics);
+    # empty for the training split, which the metrics never read
     files: list[Path]
 
 
@@ -119,12 +120,21 @@ def native_size(path: Path, patch: int) -> int:
     return max(patch, side - side % patch)
 
 
+def label_dtype(num_classes: int) -> torch.dtype:
+    """Smallest integer type for train ids ``0..C-1`` and :data:`IGNORE_INDEX`: uint8 up to
+    255 classes (ADE20K's 150 included) keeps a split's labels at 1/8 of int64's memory."""
+    return torch.uint8 if num_classes <= IGNORE_INDEX else torch.int64
+
+
 def load_split(backbone: torch.nn.Module, pairs: list[tuple[Path, Path]], size: int,
                num_classes: int, reduce_zero_label: bool, device: torch.device | str,
-               batch_size: int) -> SegSplit:
-    """Read, check and encode one split (features cached in memory, labels kept twice)."""
+               batch_size: int, keep_full: bool = True) -> SegSplit:
+    """Read, check and encode one split (features cached in memory; labels at the input size
+    and, with ``keep_full``, also at their original size for the metrics)."""
     full_labels: list[np.ndarray] = []
     small_labels: list[torch.Tensor] = []
+    dtype = label_dtype(num_classes)
+    np_dtype = np.uint8 if dtype == torch.uint8 else np.int64
 
     def images():
         for img_path, anno_path in pairs:
@@ -135,10 +145,11 @@ def load_split(backbone: torch.nn.Module, pairs: list[tuple[Path, Path]], size: 
                     f"image {img_path} is {img.height}x{img.width} but its annotation "
                     f"{anno_path} is {label.shape[0]}x{label.shape[1]}; they must match"
                 )
-            full_labels.append(label)
+            if keep_full:
+                full_labels.append(label.astype(np_dtype))
             small = torch.from_numpy(label)[None, None].float()
             small = F.interpolate(small, size=(size, size), mode="nearest")
-            small_labels.append(small[0, 0].long())
+            small_labels.append(small[0, 0].to(dtype))
             yield to_normalized_tensor(img, (size, size))
 
     feats = extract_patch_features(backbone, images(), batch_size, device)
@@ -236,7 +247,7 @@ def train_probe(train: SegSplit, num_classes: int, settings: ProbeSettings,
             total, count = 0.0, 0
             for start in range(0, m, settings.batch_size):
                 idx = order[start : start + settings.batch_size]
-                labels = train.labels[idx].to(device)
+                labels = train.labels[idx].to(device).long()
                 where = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
                 if where[0].numel() == 0:  # a batch with only ignored pixels
                     continue
@@ -292,7 +303,8 @@ def evaluate_probe(probe: LinearProbe, split: SegSplit, num_classes: int,
     for i, label in enumerate(split.full_labels):
         logits = probe(split.features[i : i + 1].to(device))
         logits = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
-        conf += confusion_matrix(logits.argmax(1).cpu(), torch.from_numpy(label), num_classes)
+        conf += confusion_matrix(logits.argmax(1).cpu(), torch.from_numpy(label).long(),
+                                 num_classes)
     return conf
 
 
@@ -316,7 +328,7 @@ def evaluate_seg(backbone: torch.nn.Module, root: str | Path, num_classes: int,
         raise SelfPatchError(f"--image-size {size} is not a multiple of the patch size "
                              f"{backbone.patch_size}; choose a multiple")
     train = load_split(backbone, train_pairs, size, num_classes, settings.reduce_zero_label,
-                       device, batch_size)
+                       device, batch_size, keep_full=False)
     val = load_split(backbone, val_pairs, size, num_classes, settings.reduce_zero_label,
                      device, batch_size)
     t_feat = time.perf_counter() - start
