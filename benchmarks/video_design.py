@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from PIL import Image, ImageFilter
 from selfpatch.data.builtin import layouts
 from selfpatch.data.builtin.generate import item_rng, write_video
 from selfpatch.data.builtin.looks import LOOKS
-from selfpatch.data.builtin.render import Placement, Rendered
+from selfpatch.data.builtin.render import Placement, Rendered, composite
 from selfpatch.data.builtin.scenes import random_tint
 from selfpatch.data.builtin.source import find_fashion_mnist
 from selfpatch.data.builtin.spec import BuiltinSpec
@@ -93,6 +94,53 @@ def _flicker(layout: VideoLayout, index: int) -> VideoLayout:
                             for f in dataclasses.fields(VideoLayout)}, seed=index)
 
 
+@functools.cache
+def _test_labels() -> np.ndarray:
+    return find_fashion_mnist(None).test_labels
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangingLayout(VideoLayout):
+    """Objects that change shape while keeping identity and class, as people and animals do
+    in real footage: each object's photo cross-fades into another photo of the same class
+    (``partners``; -1 = none) and/or turns in-plane by ``turns`` degrees over the clip (the
+    photo is rotated inside its 28 x 28 frame, so far corners are cut). Masks follow the
+    drawn object, as before. Matching exact appearance from frame 0 then degrades over the
+    clip; features of the object's kind do not need to."""
+
+    partners: tuple[int, ...] = ()
+    turns: tuple[float, ...] = ()
+
+    def render(self, photos: np.ndarray, frame: int, keep_alphas: bool = False) -> Rendered:
+        t = self.time(frame)
+        oy = round(self.pan_start[0] + (self.pan_end[0] - self.pan_start[0]) * t)
+        ox = round(self.pan_start[1] + (self.pan_end[1] - self.pan_start[1]) * t)
+        crop = self.background[oy : oy + self.size, ox : ox + self.size]
+        drawn, placements = [], []
+        for k, track in enumerate(self.tracks):
+            photo = photos[track.index].astype(np.float32)
+            if self.partners and self.partners[k] >= 0:
+                photo = (1 - t) * photo + t * photos[self.partners[k]].astype(np.float32)
+            image = Image.fromarray(np.clip(photo.round(), 0, 255).astype(np.uint8))
+            if self.turns:
+                image = image.rotate(self.turns[k] * t, resample=Image.Resampling.BILINEAR)
+            drawn.append(np.asarray(image))
+            placements.append(dataclasses.replace(track.at(t), index=k))
+        return composite(crop, placements, np.stack(drawn), keep_alphas)
+
+
+def _changing(layout: VideoLayout, index: int, morph: bool, turn: bool) -> VideoLayout:
+    rng = np.random.default_rng([index, 15485863])
+    labels = _test_labels()
+    partners = tuple(int(rng.choice(np.flatnonzero(labels == t.label))) if morph else -1
+                     for t in layout.tracks)
+    turns = tuple(float(rng.choice([-1, 1]) * rng.uniform(60, 120)) if turn else 0.0
+                  for t in layout.tracks)
+    return ChangingLayout(**{f.name: getattr(layout, f.name)
+                             for f in dataclasses.fields(VideoLayout)},
+                          partners=partners, turns=turns)
+
+
 def _fast(layout: VideoLayout, index: int = 0) -> VideoLayout:
     """The same paths covered in 9 frames instead of 25: 3x the motion per frame."""
     return dataclasses.replace(layout, frames=9)
@@ -111,6 +159,15 @@ VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
                 "(sd 0.08) and focus blur (sigma 0-1.5 px)"),
     "fast-flicker": (lambda layout, index: _flicker(_fast(layout), index),
                      "both: 3x the motion per frame and per-frame exposure/cast/blur"),
+    "morph": (lambda layout, index: _changing(layout, index, morph=True, turn=False),
+              "v2, each object's photo cross-fading into another photo of its class"),
+    "turn": (lambda layout, index: _changing(layout, index, morph=False, turn=True),
+             "v2, each object turning in-plane by 60-120 degrees over the clip"),
+    "morph-turn": (lambda layout, index: _changing(layout, index, morph=True, turn=True),
+                   "both: cross-fade to another photo of the class and a 60-120 degree turn"),
+    "shared-morph-turn": (
+        lambda layout, index: _changing(_shared_tint(layout), index, morph=True, turn=True),
+        "one tint per clip, and each object cross-fading and turning as in `morph-turn`"),
 }
 
 
