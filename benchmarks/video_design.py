@@ -113,9 +113,6 @@ class ChangingLayout(VideoLayout):
 
     def render(self, photos: np.ndarray, frame: int, keep_alphas: bool = False) -> Rendered:
         t = self.time(frame)
-        oy = round(self.pan_start[0] + (self.pan_end[0] - self.pan_start[0]) * t)
-        ox = round(self.pan_start[1] + (self.pan_end[1] - self.pan_start[1]) * t)
-        crop = self.background[oy : oy + self.size, ox : ox + self.size]
         drawn, placements = [], []
         for k, track in enumerate(self.tracks):
             photo = photos[track.index].astype(np.float32)
@@ -126,7 +123,7 @@ class ChangingLayout(VideoLayout):
                 image = image.rotate(self.turns[k] * t, resample=Image.Resampling.BILINEAR)
             drawn.append(np.asarray(image))
             placements.append(dataclasses.replace(track.at(t), index=k))
-        return composite(crop, placements, np.stack(drawn), keep_alphas)
+        return composite(self.background_at(t), placements, np.stack(drawn), keep_alphas)
 
 
 def _changing(layout: VideoLayout, index: int, morph: bool, turn: bool) -> VideoLayout:

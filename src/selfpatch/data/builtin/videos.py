@@ -74,13 +74,17 @@ class VideoLayout:
     def time(self, frame: int) -> float:
         return frame / max(1, self.frames - 1)
 
+    def background_at(self, t: float) -> np.ndarray:
+        """The camera's view of the background at time ``t``: float32 (size, size, 3)."""
+        oy = round(self.pan_start[0] + (self.pan_end[0] - self.pan_start[0]) * t)
+        ox = round(self.pan_start[1] + (self.pan_end[1] - self.pan_start[1]) * t)
+        return self.background[oy : oy + self.size, ox : ox + self.size]
+
     def render(self, photos: np.ndarray, frame: int, keep_alphas: bool = False) -> Rendered:
         """Frame ``frame`` (0-based); ``photos`` uint8 (N, 28, 28) is the tracks' split."""
         t = self.time(frame)
-        oy = round(self.pan_start[0] + (self.pan_end[0] - self.pan_start[0]) * t)
-        ox = round(self.pan_start[1] + (self.pan_end[1] - self.pan_start[1]) * t)
-        crop = self.background[oy : oy + self.size, ox : ox + self.size]
-        return composite(crop, [tr.at(t) for tr in self.tracks], photos, keep_alphas)
+        return composite(self.background_at(t), [tr.at(t) for tr in self.tracks], photos,
+                         keep_alphas)
 
 
 def _sample_track(
