@@ -304,11 +304,29 @@ def test_match_positives_ignores_scale_and_needs_no_grad():
         assert set(p1[0, i][v1[0, i]].tolist()) == set(p2[0, i][v2[0, i]].tolist())
 
 
-@pytest.mark.parametrize("kind,k", [("3x3", 9), ("3x3", 0), ("5x5", 25), ("all", 12)])
-def test_match_positives_rejects_k_outside_neighbourhood(kind, k):
+@pytest.mark.parametrize("kind", ["3x3", "all"])
+def test_match_positives_rejects_k_below_one(kind):
     table = build_neighbour_table(3, 4, kind, "valid")
-    with pytest.raises(SelfPatchError):
-        match_positives(torch.randn(1, 12, 4), table, k)
+    with pytest.raises(SelfPatchError, match="at least 1"):
+        match_positives(torch.randn(1, 12, 4), table, 0)
+
+
+@pytest.mark.parametrize("h,w,kind,k", [(3, 4, "3x3", 9), (3, 4, "all", 12), (2, 2, "all", 4),
+                                        (1, 2, "all", 3), (1, 1, "all", 2)])
+def test_match_positives_pads_when_k_exceeds_the_candidates(h, w, kind, k):
+    """More positives asked for than the table has slots (the ``all`` table of a tiny grid):
+    every real neighbour is returned once, the surplus slots are invalid."""
+    b, n = 2, h * w
+    tokens = torch.randn(b, n, 8, generator=torch.Generator().manual_seed(k * 100 + n))
+    positives, valid = match_positives(tokens, build_neighbour_table(h, w, kind, "valid"), k)
+    assert tuple(positives.shape) == (b, n, k) and tuple(valid.shape) == (b, n, k)
+    assert int(positives.min()) >= 0 and int(positives.max()) < n
+    expected = brute_top_k(tokens, h, w, kind, "valid", k)
+    for bi in range(b):
+        for i in range(n):
+            got = positives[bi, i][valid[bi, i]].tolist()
+            assert sorted(got) == sorted(expected[bi][i])
+            assert int(valid[bi, i].sum()) == len(expected[bi][i]) < k
 
 
 def test_match_positives_rejects_wrong_grid():
@@ -346,8 +364,22 @@ def test_selfpatch_targets_with_mean_aggregator_equal_brute_force():
             torch.testing.assert_close(got[bi, i], want, rtol=1e-5, atol=1e-6)
     assert targets.last_valid_share is not None
     assert float(targets.last_valid_share) == pytest.approx(n_real / (b * h * w * k))
-    with pytest.raises(SelfPatchError):
-        SelfPatchTargets("3x3", "valid", 9)(tokens, (h, w), MeanAggregator())
+    with pytest.raises(SelfPatchError, match="larger than the 3x3"):
+        SelfPatchTargets("3x3", "valid", 9)
+    with pytest.raises(SelfPatchError, match="larger than the 5x5"):
+        SelfPatchTargets("5x5", "valid", 25)
+
+
+def test_all_neighbourhood_on_a_grid_smaller_than_k():
+    """`all` with k = 4 on a 2x2 grid (cpu-long's 32 px local crops): the target is the mean of
+    the 3 other patches, as 3x3 gives there, instead of an error."""
+    tokens = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(5))
+    for kind in ("all", "3x3", "5x5"):
+        got = SelfPatchTargets(kind, "valid", 4)(tokens, (2, 2), MeanAggregator())
+        for bi in range(3):
+            for i in range(4):
+                want = sum(tokens[bi, j] for j in range(4) if j != i) / 3
+                torch.testing.assert_close(got[bi, i], want, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- aggregation

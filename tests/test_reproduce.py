@@ -117,3 +117,15 @@ def test_grid_skips_finished_runs_resumes_killed_ones_and_writes_the_table(tmp_p
     calls.clear()  # a second sitting: nothing to train, the evaluation is reused
     assert reproduce.main(args, runner) == 0
     assert calls == []
+
+
+@pytest.mark.parametrize("preset", ["cpu-quick", "cpu-long", "coco-ablation-vit-ti16"])
+def test_every_grid_variant_builds_on_the_shipped_presets(preset):
+    """Each ablation must pass the checks `selfpatch pretrain` makes before training: e.g.
+    `neighbourhood-all` with k = 4 on cpu-long's 2x2 local grids (3 candidates per patch)
+    once stopped the CPU grid."""
+    from selfpatch.config import load_config
+    from selfpatch.train.factory import check_buildable
+
+    for variant, overrides in reproduce.VARIANTS.items():
+        check_buildable(load_config(preset, overrides))

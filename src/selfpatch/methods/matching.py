@@ -20,22 +20,28 @@ def match_positives(tokens: torch.Tensor, table: NeighbourTable, k: int
     Args:
         tokens: ``(B, N, D)`` patch tokens of one view, grid order matching ``table``.
         table: neighbourhood of the view's grid, ``index``/``valid`` of shape ``(N, M)``.
-        k: number of positives, ``1 <= k <= M``.
+        k: number of positives, ``>= 1``; may exceed ``M`` (the ``all`` table of a grid
+            with fewer than ``k + 1`` patches): the surplus slots are invalid.
 
     Returns:
         ``(positives, valid)``: ``(B, N, k)`` long flat patch indices and ``(B, N, k)`` bool.
-        Where a patch has fewer than k real neighbours (borders in ``valid`` mode) the extra
-        slots are marked invalid; they must be masked by the consumer.
+        Where a patch has fewer than k real neighbours (borders in ``valid`` mode, tiny
+        grids) the extra slots are marked invalid; they must be masked by the consumer.
     """
     b, n, _ = tokens.shape
     if table.index.shape[0] != n:
         raise SelfPatchError(
             f"neighbour table is for {table.index.shape[0]} patches, tokens have {n}")
-    if not 1 <= k <= table.size:
-        raise SelfPatchError(
-            f"selfpatch.k={k} must be between 1 and the neighbourhood size {table.size}; "
-            "lower k or use a larger selfpatch.neighbourhood"
-        )
+    if k < 1:
+        raise SelfPatchError(f"selfpatch.k={k} must be at least 1")
+    if k > table.size:  # fewer candidates than k: take them all, pad with invalid slots
+        surplus = k - table.size
+        pad = torch.arange(n, device=tokens.device).view(1, n, 1).expand(b, n, surplus)
+        if table.size == 0:
+            return pad.clone(), torch.zeros(b, n, k, dtype=torch.bool, device=tokens.device)
+        positives, valid = match_positives(tokens, table, table.size)
+        return (torch.cat([positives, pad], dim=2),
+                torch.cat([valid, torch.zeros_like(pad, dtype=torch.bool)], dim=2))
     unit = F.normalize(tokens.float(), dim=-1)
     if table.size == n - 1:  # "all": full similarity matrix, then pick the off-diagonal slots
         sim = torch.bmm(unit, unit.transpose(1, 2)).gather(

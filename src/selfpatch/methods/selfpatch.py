@@ -37,6 +37,8 @@ from selfpatch.models.aggregation import build_aggregator
 from selfpatch.models.heads import DINOHead
 
 N_GLOBAL = 2  # the first two views of a multi-crop list are the global crops
+#: Most candidates a window neighbourhood offers (``all``: every other patch, no fixed bound).
+WINDOW_CANDIDATES = {"3x3": 8, "5x5": 24}
 
 
 class SelfPatchTargets(nn.Module):
@@ -60,22 +62,17 @@ class SelfPatchTargets(nn.Module):
             raise SelfPatchError(f"selfpatch.border={border!r} is not one of {BORDER_MODES}")
         if k < 1:
             raise SelfPatchError(f"selfpatch.k={k} must be at least 1")
+        window = WINDOW_CANDIDATES.get(neighbourhood)
+        if window is not None and k > window:  # a slot that could never be filled: a typo
+            raise SelfPatchError(
+                f"selfpatch.k={k} is larger than the {neighbourhood} neighbourhood ({window} "
+                "candidates); lower selfpatch.k or use a larger selfpatch.neighbourhood")
         self.neighbourhood, self.border, self.k = neighbourhood, border, k
         self.last_valid_share: torch.Tensor | None = None
-
-    def check_grid(self, h: int, w: int) -> None:
-        """Raise a clear error if k exceeds the neighbourhood of an ``h x w`` grid."""
-        table = neighbour_table(h, w, self.neighbourhood, self.border)
-        if self.k > table.size:
-            raise SelfPatchError(
-                f"selfpatch.k={self.k} is larger than the {self.neighbourhood} neighbourhood "
-                f"({table.size} candidates on a {h}x{w} patch grid); lower selfpatch.k"
-            )
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int],
                 aggregator: nn.Module) -> torch.Tensor:
         b, n, d = tokens.shape
-        self.check_grid(*grid)
         table = neighbour_table(grid[0], grid[1], self.neighbourhood, self.border, tokens.device)
         positives, valid = match_positives(tokens, table, self.k)  # (B, N, k) each
         gathered = gather_positives(tokens, positives)  # (B, N, k, D)
@@ -151,12 +148,13 @@ class SelfPatchObjective(nn.Module):
         return n_views if self.local_crops else min(n_views, N_GLOBAL)
 
     def check_grids(self, grids: list[tuple[int, int]]) -> None:
-        """Raise a clear error if any patch grid is too small for ``k`` (before training)."""
+        """Raise a clear error if any patch grid is too small (before training). Grids with
+        fewer than ``k`` real candidates for a patch are fine: the surplus slots are masked,
+        as at borders (e.g. a 2x2 local crop has 3 candidates per patch in any neighbourhood)."""
         for h, w in grids:
             if h < 2 or w < 2:
                 raise SelfPatchError(f"a {h}x{w} patch grid is too small: SelfPatch needs at "
                                      "least 2x2 patches (larger crops or smaller patches)")
-            self.targets.check_grid(h, w)
 
     @torch.no_grad()
     def teacher_logits(self, teacher: nn.Module, tokens: torch.Tensor, grid: tuple[int, int],
