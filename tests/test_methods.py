@@ -894,3 +894,13 @@ def test_diagnostics_do_not_change_the_loss():
     assert 0.0 <= float(stats["teacher_patch_entropy"]) <= 1.0 + 1e-6
     assert 1.0 - 1e-4 <= float(stats["patch_token_rank"]) <= 48 + 1e-4
     assert all(not t.requires_grad for t in stats.values())
+
+
+def test_window_candidates_is_the_interior_count():
+    """The bound on k of a window neighbourhood is what an interior patch really gets."""
+    from selfpatch.methods.neighbours import window_candidates
+
+    for kind in ("3x3", "5x5"):
+        table = build_neighbour_table(7, 7, kind, "valid")
+        assert window_candidates(kind) == int(table.valid.sum(dim=1).max()) == table.size
+    assert window_candidates("all") is None

@@ -17,6 +17,15 @@ from selfpatch.errors import SelfPatchError
 
 NEIGHBOURHOODS = ("3x3", "5x5", "all")
 BORDER_MODES = ("valid", "wrap")
+#: Half-width of the window neighbourhoods (``all`` has none).
+WINDOW_RADIUS = {"3x3": 1, "5x5": 2}
+
+
+def window_candidates(neighbourhood: str) -> int | None:
+    """Most candidates a neighbourhood can offer any patch (8 for 3x3, 24 for 5x5); None for
+    ``all``, whose count is the grid's."""
+    radius = WINDOW_RADIUS.get(neighbourhood)
+    return None if radius is None else (2 * radius + 1) ** 2 - 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def build_neighbour_table(h: int, w: int, neighbourhood: str = "3x3",
         index = torch.stack([torch.cat([flat[:i], flat[i + 1:]]) for i in range(n)]) if n > 1 \
             else torch.zeros(1, 0, dtype=torch.long)
         return NeighbourTable(index, torch.ones_like(index, dtype=torch.bool), (h, w))
-    radius = 1 if neighbourhood == "3x3" else 2
+    radius = WINDOW_RADIUS[neighbourhood]
     offs = torch.tensor(_offsets(radius))  # (M, 2)
     rows = (flat // w)[:, None] + offs[None, :, 0]  # (N, M)
     cols = (flat % w)[:, None] + offs[None, :, 1]

@@ -32,13 +32,16 @@ from torch import nn
 from selfpatch.errors import SelfPatchError
 from selfpatch.methods.losses import PatchDistillationLoss, patch_contrastive_loss
 from selfpatch.methods.matching import gather_positives, match_positives
-from selfpatch.methods.neighbours import BORDER_MODES, NEIGHBOURHOODS, neighbour_table
+from selfpatch.methods.neighbours import (
+    BORDER_MODES,
+    NEIGHBOURHOODS,
+    neighbour_table,
+    window_candidates,
+)
 from selfpatch.models.aggregation import build_aggregator
 from selfpatch.models.heads import DINOHead
 
 N_GLOBAL = 2  # the first two views of a multi-crop list are the global crops
-#: Most candidates a window neighbourhood offers (``all``: every other patch, no fixed bound).
-WINDOW_CANDIDATES = {"3x3": 8, "5x5": 24}
 
 
 class SelfPatchTargets(nn.Module):
@@ -62,7 +65,7 @@ class SelfPatchTargets(nn.Module):
             raise SelfPatchError(f"selfpatch.border={border!r} is not one of {BORDER_MODES}")
         if k < 1:
             raise SelfPatchError(f"selfpatch.k={k} must be at least 1")
-        window = WINDOW_CANDIDATES.get(neighbourhood)
+        window = window_candidates(neighbourhood)
         if window is not None and k > window:  # a slot that could never be filled: a typo
             raise SelfPatchError(
                 f"selfpatch.k={k} is larger than the {neighbourhood} neighbourhood ({window} "
