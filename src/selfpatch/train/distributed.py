@@ -53,6 +53,11 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         minutes = float(os.environ.get(TIMEOUT_ENV, "30"))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=timedelta(minutes=minutes))
+        # Every rank finishes joining before any can leave: a rank that fails right after
+        # start-up (e.g. an existing run without --resume) and tears its group down would
+        # otherwise break a slower peer still connecting (gloo: "connectFullMesh failed ...
+        # Connection closed by peer", seen in CI on a loaded 2-core machine).
+        dist.barrier(device_ids=[local_rank] if use_cuda else None)
     return DistInfo(rank, local_rank, world)
 
 
