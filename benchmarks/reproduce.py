@@ -244,14 +244,16 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     parser.add_argument("--control", action="append", default=[],
                         help="extra evaluated source (e.g. an exported supervised ViT)")
     parser.add_argument("--eval-args", default="", help="extra `selfpatch eval all` arguments")
-    parser.add_argument("--no-eval", action="store_true", help="only pre-train")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="only pre-train the variants asked for (without it, DINO is "
+                             "added: every difference is measured against it)")
     parser.add_argument("--launcher", default="",
                         help='runs each pre-training under this, e.g. "torchrun '
                              '--nproc_per_node 4" (default: one process)')
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = parser.parse_args(argv)
     variants = args.variants or GRIDS[args.grid]
-    if "dino" not in variants:
+    if "dino" not in variants and not args.no_eval:
         variants = ["dino", *variants]  # every difference is measured against DINO
     same_as = duplicates(args.preset, variants, args.overrides)
     variants = [v for v in variants if v not in same_as]

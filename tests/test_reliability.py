@@ -227,6 +227,20 @@ def test_resume_trims_metrics_logged_after_the_checkpoint_and_stale_temporaries(
     assert mode == 0o666 & ~umask  # a normal file, not mkstemp's 0600
 
 
+def test_fresh_start_drops_metrics_of_an_attempt_killed_before_its_first_checkpoint(
+        images, tmp_path):
+    # seen in session 8: a run killed at step ~30 of a 250-step epoch left its step-25 line,
+    # and the restarted run (different precision) appended its own step 25 after it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 123.0}) + "\n"
+                                       + json.dumps({"step": 2, "loss": 456.0}) + "\n")
+    pretrain(cfg_for(images, run, "optim.epochs=1", "run.log_every=1"))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]  # 16 images / batch 8, logged once each
+    assert all(r["loss"] not in (123.0, 456.0) for r in lines)
+
+
 def test_options_and_overrides_in_any_order(images, tmp_path):
     out = tmp_path / "run"
     assert cli_main(["pretrain", *cfg_args(images), "optim.epochs=1",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -117,6 +118,28 @@ def test_grid_skips_finished_runs_resumes_killed_ones_and_writes_the_table(tmp_p
     calls.clear()  # a second sitting: nothing to train, the evaluation is reused
     assert reproduce.main(args, runner) == 0
     assert calls == []
+
+
+def test_dino_is_added_for_the_table_but_not_when_only_pre_training(tmp_path):
+    trained: list[str] = []
+
+    def runner(cmd: list[str]) -> None:  # a pre-training that only leaves its environment
+        if cmd[3] != "pretrain":
+            raise AssertionError("--no-eval must not evaluate")
+        run = Path(next(a for a in cmd if a.startswith("run.output_dir=")).split("=", 1)[1])
+        run.mkdir(parents=True)
+        trained.append(run.name)
+        (run / "environment.json").write_text(json.dumps(
+            {"total_steps": 1, "total_batch": 1, "n_images": 1, "device": "cpu",
+             "torch": torch.__version__}))
+
+    args = ["--preset", "cpu-quick", "--seeds", "0", "--out", str(tmp_path), "--no-eval"]
+    assert reproduce.main([*args, "--variants", "k-1", "lambda-1"], runner) == 0
+    assert trained == ["k-1-seed0", "lambda-1-seed0"]
+    # for the table DINO is added and trained first (here: the runner stops at it)
+    with pytest.raises(FileNotFoundError):  # no such environment.json: not trained here
+        reproduce.main([*args[:-1], "--variants", "k-1"], lambda cmd: trained.append(cmd))
+    assert "run.output_dir=" + str(tmp_path / "dino-seed0") in trained[-1]
 
 
 @pytest.mark.parametrize("preset", ["cpu-quick", "cpu-long", "coco-ablation-vit-ti16"])

@@ -388,8 +388,9 @@ def _pretrain(cfg: Config, resume: bool, info: D.DistInfo) -> Path:
                    total_batch=o.batch_size * info.world_size)
         (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
         logger = MetricsLogger(run_dir, cfg.run.tensorboard)
-        if resume:  # steps logged after the checkpoint are about to be logged again
-            logger.keep_until(step)
+        # Steps logged after the checkpoint are about to be logged again; on a fresh start
+        # (step 0) that drops the lines of an attempt killed before its first checkpoint.
+        logger.keep_until(step)
         for name in ("last.pt", "epoch*.pt"):  # left by a process killed while saving
             remove_stale_temporaries(ckpt_path.parent, name)
 
