@@ -230,6 +230,14 @@ def render(summary: dict, title: str, budget: dict[str, dict], command: str) -> 
         lines.append(f"- {name}: {facts['steps']} steps, {facts['images_seen']} images seen "
                      f"({facts['n_images']} distinct), {facts['device']} "
                      f"({facts.get('cpu') or ''}, {facts.get('precision')})")
+    # Runs finished over several sittings may land on other machines; `auto` precision then
+    # differs (bf16 on some CPUs), which moves scores by more than the seeds' spread.
+    for key, what in (("precision", "precisions"), ("cpu", "CPUs"), ("torch", "torch versions")):
+        seen = sorted({str(f.get(key)) for f in budget.values()})
+        if len(seen) > 1:
+            lines += ["", f"**Warning: these runs used different {what} ({', '.join(seen)}); "
+                      "compare rows with care, or rerun with one setting (e.g. "
+                      "`run.precision=fp32`).**"]
     return "\n".join(lines) + "\n"
 
 

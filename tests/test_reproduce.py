@@ -48,6 +48,22 @@ def test_summary_matches_hand_computed_means_stds_and_differences():
     assert reproduce.mean_std([5.0]) == (5.0, 0.0)
 
 
+def test_table_warns_when_runs_differ_in_precision_or_cpu():
+    """A grid finished over sittings on two machines: the table must say so, not hide it."""
+    summary = reproduce.summarise({"a": {"knn_top1": 20.0}, "b": {"knn_top1": 21.0}},
+                                  {"a": ("dino", 0), "b": ("dino+selfpatch", 0)}, {})
+    facts = {"steps": 10, "images_seen": 320, "n_images": 100, "device": "cpu", "torch": "2.14"}
+    same = {"a": {**facts, "cpu": "X", "precision": "fp32"},
+            "b": {**facts, "cpu": "X", "precision": "fp32"}}
+    assert "Warning" not in reproduce.render(summary, "t", same, "cmd")
+    mixed = {"a": {**facts, "cpu": "X", "precision": "fp32"},
+             "b": {**facts, "cpu": "Y", "precision": "bf16"}}
+    warnings = [line for line in reproduce.render(summary, "t", mixed, "cmd").splitlines()
+                if "Warning" in line]
+    assert len(warnings) == 2
+    assert "precisions (bf16, fp32)" in warnings[0] and "CPUs (X, Y)" in warnings[1]
+
+
 def test_gpu_budget_gives_every_run_the_same_whole_epochs():
     """1000 images, DINO 100 img/s, SelfPatch 50 img/s, 2 seeds: an epoch of all four runs
     takes 2 * (10 + 20) = 60 s, so 250 s hold 4 epochs; too little time still gives 1."""
