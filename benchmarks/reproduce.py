@@ -21,6 +21,11 @@ architecture (negative control) and any ``--control`` sources (e.g. the supervis
 ``benchmarks/controls.py`` exports: positive control), and is reused while its set of
 checkpoints is unchanged. Writes ``OUT/summary.md`` and ``OUT/summary.json``.
 
+``--jobs N`` pre-trains N runs at once, each with ``run.threads`` = usable cores / N (unless
+``run.threads`` is given) and its output in ``OUT/<run>.log``. On small CPU models this beats
+one run on all cores: torch's per-operator threading scales poorly on such small tensors
+(docs/performance.md, "A grid on a small CPU").
+
 Trailing ``key=value`` overrides apply to every run (e.g. ``optim.epochs=2``).
 """
 
@@ -36,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 # Run from a checkout without installing (e.g. on a borrowed GPU machine): this repository's
@@ -105,15 +111,28 @@ def duplicates(preset: str, variants: list[str], overrides: list[str]) -> dict[s
     return same
 
 
-def run_subprocess(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True)
+def run_subprocess(cmd: list[str], log: Path | None = None) -> None:
+    """Run ``cmd``; its output goes to ``log`` (appended) when given, else to this terminal."""
+    if log is None:
+        subprocess.run(cmd, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"{cmd[3] if len(cmd) > 3 else cmd[0]} failed (exit "
+                         f"{result.returncode}); see {log}")
 
 
 def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: list[str],
-             runner: Runner = run_subprocess, launcher: str = "") -> dict:
+             runner: Runner = run_subprocess, launcher: str = "", log: Path | None = None
+             ) -> dict:
     """Train one (variant, seed) unless finished; resume it if a checkpoint exists.
 
-    Returns the run's budget facts (also kept in ``run_dir/done.json``).
+    ``log``: where the run's output goes (passed to ``runner`` as ``log=``); None: the
+    terminal. Returns the run's budget facts (also kept in ``run_dir/done.json``).
     """
     done = run_dir / "done.json"
     if done.exists():
@@ -126,7 +145,12 @@ def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: lis
     if resumed:
         cmd.append("--resume")
     start = time.perf_counter()
-    runner(cmd)
+    if log is None:
+        runner(cmd)
+    else:
+        print(f"{run_dir.name}: {'resuming' if resumed else 'starting'}; output in {log}",
+              flush=True)
+        runner(cmd, log=log)
     env = json.loads((run_dir / "environment.json").read_text())
     facts = {"variant": variant, "seed": seed, "seconds_last_sitting":
              round(time.perf_counter() - start, 1), "resumed": resumed,
@@ -241,6 +265,46 @@ def render(summary: dict, title: str, budget: dict[str, dict], command: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
+    """``run.threads`` for ``jobs`` concurrent runs: the usable cores split evenly (at least
+    1 each), unless the overrides already set it."""
+    if jobs == 1 or any(o.startswith("run.threads=") for o in overrides):
+        return []
+    from selfpatch.runtime import usable_cores
+
+    return [f"run.threads={max(1, usable_cores() // jobs)}"]
+
+
+def pretrain_all(runs: dict[str, tuple[str, int]], preset: str, overrides: list[str],
+                 runner: Runner = run_subprocess, launcher: str = "", jobs: int = 1
+                 ) -> dict[str, dict]:
+    """:func:`pretrain` every ``run_dir -> (variant, seed)``, ``jobs`` at a time.
+
+    With ``jobs > 1`` each run gets its share of the cores (:func:`threads_per_job`) and its
+    own log ``OUT/<run>.log``; the first failure stops queued runs (running ones finish) and
+    is raised. Returns ``run name -> budget facts``, in the order of ``runs``.
+    """
+    def one(run: str) -> dict:
+        run_dir = Path(run)
+        variant, seed = runs[run]
+        if jobs == 1:
+            return pretrain(run_dir, preset, variant, seed, overrides, runner, launcher)
+        return pretrain(run_dir, preset, variant, seed, [*overrides, *extra], runner,
+                        launcher, log=run_dir.parent / f"{run_dir.name}.log")
+
+    extra = threads_per_job(jobs, overrides)
+    if jobs == 1:
+        return {Path(run).name: one(run) for run in runs}
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = {run: pool.submit(one, run) for run in runs}
+    try:
+        for future in as_completed(futures.values()):
+            future.result()  # the first failure, as soon as it happens
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {Path(run).name: future.result() for run, future in futures.items()}
+
+
 def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu-quick")
@@ -258,8 +322,13 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     parser.add_argument("--launcher", default="",
                         help='runs each pre-training under this, e.g. "torchrun '
                              '--nproc_per_node 4" (default: one process)')
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="pre-train this many runs at once, the CPU cores shared among "
+                             "them (default 1)")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more")
     variants = args.variants or GRIDS[args.grid]
     if "dino" not in variants and not args.no_eval:
         variants = ["dino", *variants]  # every difference is measured against DINO
@@ -267,14 +336,9 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     variants = [v for v in variants if v not in same_as]
     for v, original in same_as.items():
         print(f"{v}: the same configuration as {original} with this preset; not run twice")
-    runs: dict[str, tuple[str, int]] = {}
-    budget: dict[str, dict] = {}
-    for seed in args.seeds:
-        for variant in variants:
-            run_dir = args.out / f"{variant}-seed{seed}"
-            budget[run_dir.name] = pretrain(run_dir, args.preset, variant, seed,
-                                            args.overrides, runner, args.launcher)
-            runs[str(run_dir)] = (variant, seed)
+    runs = {str(args.out / f"{variant}-seed{seed}"): (variant, seed)
+            for seed in args.seeds for variant in variants}
+    budget = pretrain_all(runs, args.preset, args.overrides, runner, args.launcher, args.jobs)
     if args.no_eval:
         print(f"pre-trained {len(runs)} runs in {args.out}")
         return 0

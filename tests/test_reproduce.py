@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,78 @@ def test_table_warns_when_runs_differ_in_precision_or_cpu():
                 if "Warning" in line]
     assert len(warnings) == 2
     assert "precisions (bf16, fp32)" in warnings[0] and "CPUs (X, Y)" in warnings[1]
+
+
+def _fake_env(cmd: list[str]) -> Path:
+    """What a finished `selfpatch pretrain` leaves that the grid reads: environment.json."""
+    run_dir = Path(next(a for a in cmd if a.startswith("run.output_dir=")).split("=", 1)[1])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "environment.json").write_text(json.dumps(
+        {"total_steps": 4, "total_batch": 8, "n_images": 16, "device": "cpu", "torch": "x"}))
+    return run_dir
+
+
+def test_jobs_run_concurrently_with_the_cores_shared_and_one_log_each(tmp_path, monkeypatch):
+    import threading
+
+    import selfpatch.runtime
+
+    monkeypatch.setattr(selfpatch.runtime, "usable_cores", lambda: 4)
+    both_running = threading.Barrier(2, timeout=20)  # breaks unless 2 runs overlap
+    lock, active, peak, calls = threading.Lock(), [0], [0], []
+
+    def runner(cmd: list[str], log: Path | None = None) -> None:
+        with lock:
+            calls.append((cmd, log))
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            first_two = len(calls) <= 2
+        if first_two:
+            both_running.wait()
+        _fake_env(cmd)
+        with lock:
+            active[0] -= 1
+
+    runs = {str(tmp_path / f"{v}-seed{s}"): (v, s)
+            for s in (0, 1) for v in ("dino", "selfpatch")}
+    budget = reproduce.pretrain_all(runs, "cpu-quick", ["optim.epochs=1"], runner, jobs=2)
+    assert list(budget) == [Path(r).name for r in runs]  # the grid's order, not finishing order
+    assert all(b["images_seen"] == 32 for b in budget.values())
+    assert len(calls) == 4 and peak[0] == 2
+    for cmd, log in calls:
+        run_dir = _fake_env(cmd)
+        assert "run.threads=2" in cmd and "optim.epochs=1" in cmd  # 4 cores / 2 jobs
+        assert log == tmp_path / f"{run_dir.name}.log"
+    assert all((Path(r) / "done.json").exists() for r in runs)
+    # A thread count the user chose is kept; one job runs in this terminal, without a log.
+    assert reproduce.threads_per_job(2, ["run.threads=1"]) == []
+    assert reproduce.threads_per_job(3, []) == ["run.threads=1"]
+    assert reproduce.threads_per_job(1, []) == []
+
+
+def test_a_failed_job_stops_the_queued_ones_and_is_raised(tmp_path):
+    started: list[str] = []
+
+    def runner(cmd: list[str], log: Path | None = None) -> None:
+        run_dir = _fake_env(cmd)
+        started.append(run_dir.name)
+        if run_dir.name == "dino-seed0":
+            raise SystemExit(f"pretrain failed (exit 1); see {log}")
+        time.sleep(0.5)  # the other job is still running when the failure comes
+
+    runs = {str(tmp_path / f"dino-seed{s}"): ("dino", s) for s in range(5)}
+    with pytest.raises(SystemExit, match="dino-seed0.log"):
+        reproduce.pretrain_all(runs, "cpu-quick", [], runner, jobs=2)
+    assert len(started) < 5 and "dino-seed4" not in started
+    assert not (tmp_path / "dino-seed0" / "done.json").exists()
+
+
+def test_logged_subprocess_writes_its_output_and_names_the_log_on_failure(tmp_path):
+    log = tmp_path / "run.log"
+    reproduce.run_subprocess([sys.executable, "-c", "print('hello from the run')"], log=log)
+    assert "hello from the run" in log.read_text()
+    with pytest.raises(SystemExit, match=f"exit 3.*{log}"):
+        reproduce.run_subprocess([sys.executable, "-c", "import sys; sys.exit(3)"], log=log)
 
 
 def test_gpu_budget_gives_every_run_the_same_whole_epochs():
