@@ -85,7 +85,8 @@ class Variant:
 
 
 def build_config(setting: str, arch: str, method: str, smoke: bool) -> Config:
-    preset = {"paper": "paper-imagenet-vit-s16", "cpu-quick": "cpu-quick"}[setting]
+    preset = {"paper": "paper-imagenet-vit-s16", "cpu-quick": "cpu-quick",
+              "cpu-long": "cpu-long"}[setting]
     overrides = [f"method={method}"]
     if setting == "paper":
         overrides.append(f"model.arch={arch}")
@@ -305,7 +306,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps per variant (default 1, 3 with compile)")
     parser.add_argument("--settings", nargs="+", default=["paper", "cpu-quick"],
-                        choices=["paper", "cpu-quick"])
+                        choices=["paper", "cpu-quick", "cpu-long"])
     parser.add_argument("--archs", nargs="+", default=["vit_tiny", "vit_small"],
                         help="backbones for the paper setting")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
