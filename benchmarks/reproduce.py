@@ -285,15 +285,14 @@ def pretrain_all(runs: dict[str, tuple[str, int]], preset: str, overrides: list[
     own log ``OUT/<run>.log``; the first failure stops queued runs (running ones finish) and
     is raised. Returns ``run name -> budget facts``, in the order of ``runs``.
     """
+    extra = threads_per_job(jobs, overrides)
+
     def one(run: str) -> dict:
         run_dir = Path(run)
-        variant, seed = runs[run]
-        if jobs == 1:
-            return pretrain(run_dir, preset, variant, seed, overrides, runner, launcher)
-        return pretrain(run_dir, preset, variant, seed, [*overrides, *extra], runner,
-                        launcher, log=run_dir.parent / f"{run_dir.name}.log")
+        log = None if jobs == 1 else run_dir.parent / f"{run_dir.name}.log"
+        return pretrain(run_dir, preset, *runs[run], [*overrides, *extra], runner, launcher,
+                        log=log)
 
-    extra = threads_per_job(jobs, overrides)
     if jobs == 1:
         return {Path(run).name: one(run) for run in runs}
     pool = ThreadPoolExecutor(max_workers=jobs)
@@ -330,6 +329,9 @@ def main(argv: list[str] | None = None, runner: Runner = run_subprocess) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give 1 or more")
+    if args.jobs > 1 and args.launcher:
+        parser.error("--jobs with --launcher: the runs would share the launcher's devices; "
+                     "give each grid its own devices and run them one job each")
     variants = args.variants or GRIDS[args.grid]
     if "dino" not in variants and not args.no_eval:
         variants = ["dino", *variants]  # every difference is measured against DINO

@@ -241,3 +241,14 @@ def test_every_grid_variant_builds_on_the_shipped_presets(preset):
 
     for overrides in reproduce.VARIANTS.values():
         check_buildable(load_config(preset, overrides))
+
+
+def test_jobs_refuse_a_launcher_and_a_count_below_one(capsys):
+    def runner(cmd: list[str], log: Path | None = None) -> None:
+        raise AssertionError("nothing may run")
+
+    for args in (["--jobs", "2", "--launcher", "torchrun --nproc_per_node 2"], ["--jobs", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            reproduce.main([*args, "--no-eval"], runner)
+        assert exc.value.code == 2
+    assert "--jobs with --launcher" in capsys.readouterr().err
