@@ -233,6 +233,16 @@ def test_eval_all_reuse_scores_only_new_or_changed_checkpoints(data, tmp_path, m
     # ... but the thread count only changes the speed.
     evaluate("random:vit_tiny:8", str(run), extra=("--reuse", "--knn-k", "3", "--threads", "2"))
     assert calls == []
+    # A report written before an option existed counts as having its default ...
+    report = json.loads((out / "report.json").read_text())
+    del report["options"]["seg_feature_dtype"]
+    (out / "report.json").write_text(json.dumps(report))
+    evaluate("random:vit_tiny:8", str(run), extra=("--reuse", "--knn-k", "3"))
+    assert calls == []
+    # ... and another value of it is another setting.
+    evaluate("random:vit_tiny:8", str(run),
+             extra=("--reuse", "--knn-k", "3", "--seg-feature-dtype", "float16"))
+    assert calls == ["random:vit_tiny:8", str(run)]
     # Without --reuse every source is scored.
     evaluate("random:vit_tiny:8", str(run), extra=("--knn-k", "3"))
     assert calls == ["random:vit_tiny:8", str(run)]

@@ -13,12 +13,14 @@ from PIL import Image
 
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.seg import (
+    FEATURE_DTYPES,
     IGNORE_INDEX,
     ProbeSettings,
     SegSplit,
     confusion_matrix,
     evaluate_probe,
     evaluate_seg,
+    feature_mean_std,
     list_seg_pairs,
     load_split,
     segmentation_metrics,
@@ -114,6 +116,43 @@ def test_evaluate_seg_end_to_end(tmp_path):
     assert out["settings"]["image_size"] == 32
     assert out["mIoU"] > 50 and out["aAcc"] > 80
     assert len(out["per_class"]) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_feature_mean_std_equals_the_whole_float64_computation(dtype):
+    g = torch.Generator().manual_seed(0)
+    feats = (3 + 2 * torch.randn(7, 3, 5, 4, generator=g)).to(dtype)
+    feats[..., 3] = 1.5  # a constant dimension: std 0, clamped
+    flat = feats.reshape(-1, 4).double()  # the independent computation, on the stored values
+    mean, std = feature_mean_std(feats, chunk=2)  # chunks that do not divide M
+    assert mean.dtype == std.dtype == torch.float32
+    torch.testing.assert_close(mean.double(), flat.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(std[:3].double(), flat.std(0)[:3], rtol=1e-6, atol=1e-6)
+    assert std[3] == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_precision_feature_cache_stores_half_and_scores_like_float32(tmp_path, name):
+    root = make_seg(tmp_path / "ade", num_train=8, num_val=4)
+    pairs = list_seg_pairs(root, "val")
+    half = load_split(ColourBackbone(), pairs, 32, 3, True, "cpu", 4,
+                      feature_dtype=FEATURE_DTYPES[name])
+    full = load_split(ColourBackbone(), pairs, 32, 3, True, "cpu", 4)
+    assert half.features.dtype == FEATURE_DTYPES[name] and full.features.dtype == torch.float32
+    assert half.features.element_size() * 2 == full.features.element_size()
+    torch.testing.assert_close(half.features.float(), full.features, rtol=1e-2, atol=1e-2)
+    settings = ProbeSettings(epochs=15, lr=0.05)
+    ref = evaluate_seg(ColourBackbone(), root, 3, settings, log=None)
+    out = evaluate_seg(ColourBackbone(), root, 3, ProbeSettings(epochs=15, lr=0.05,
+                                                                feature_dtype=name), log=None)
+    assert out["settings"]["feature_dtype"] == name
+    assert out["mIoU"] > 50 and abs(out["mIoU"] - ref["mIoU"]) < 5
+
+
+def test_unknown_feature_dtype_is_a_one_line_error(tmp_path):
+    root = make_seg(tmp_path / "ade", num_train=2, num_val=2)
+    with pytest.raises(SelfPatchError, match="--seg-feature-dtype must be one of"):
+        evaluate_seg(ColourBackbone(), root, 3, ProbeSettings(feature_dtype="int8"), log=None)
 
 
 def test_image_label_size_mismatch_names_both_files(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from selfpatch.errors import SelfPatchError
 from selfpatch.evaluate.datasets import ADE20K_NUM_CLASSES, DataChoice, choose_data
 from selfpatch.evaluate.davis import PropagationSettings
-from selfpatch.evaluate.seg import ProbeSettings
+from selfpatch.evaluate.seg import FEATURE_DTYPES, ProbeSettings
 from selfpatch.runtime import PRECISIONS
 
 #: Every task of ``eval all``, in the order they run (attention reuses the DAVIS results).
@@ -54,6 +54,7 @@ class EvalOptions:
     seg_lr: float = ProbeSettings.lr
     seg_batch_size: int = ProbeSettings.batch_size
     seg_seed: int = ProbeSettings.seed
+    seg_feature_dtype: str = ProbeSettings.feature_dtype  # cache storage: float32|float16|bfloat16
     reduce_zero_label: bool = True
     train_limit: int = 0
     val_limit: int = 0
@@ -89,6 +90,8 @@ class EvalOptions:
             ("--seg-epochs", self.seg_epochs, self.seg_epochs >= 1, "at least 1"),
             ("--seg-lr", self.seg_lr, self.seg_lr > 0, "positive"),
             ("--seg-batch-size", self.seg_batch_size, self.seg_batch_size >= 1, "at least 1"),
+            ("--seg-feature-dtype", self.seg_feature_dtype,
+             self.seg_feature_dtype in FEATURE_DTYPES, f"one of {', '.join(FEATURE_DTYPES)}"),
             ("--num-classes", self.num_classes, self.num_classes is None or self.num_classes >= 1,
              "at least 1"),
             ("--knn-k", self.knn_k, self.knn_k >= 1, "at least 1"),
@@ -129,7 +132,8 @@ class EvalOptions:
                                        else REAL_SEG_IMAGE_SIZE)
         return ProbeSettings(epochs=self.seg_epochs, lr=self.seg_lr,
                              batch_size=self.seg_batch_size, seed=self.seg_seed,
-                             reduce_zero_label=self.reduce_zero_label, image_size=size)
+                             reduce_zero_label=self.reduce_zero_label, image_size=size,
+                             feature_dtype=self.seg_feature_dtype)
 
     def seg_classes(self, choice: DataChoice) -> int:
         """Class count: ``num_classes``, else the built-in set's, else ADE20K's 150."""

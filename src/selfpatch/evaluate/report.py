@@ -175,8 +175,10 @@ def reusable_entries(report_path: Path, opts: EvalOptions, tasks: tuple[str, ...
         old = json.loads(report_path.read_text())
     except (OSError, ValueError):
         return {}
+    # An option added after the old report was written counts as its default there.
+    old_options = {**EvalOptions().to_dict(), **old.get("options", {})}
     if old.get("tasks") != list(tasks) or \
-            _comparable_options(old.get("options", {})) != _comparable_options(opts.to_dict()):
+            _comparable_options(old_options) != _comparable_options(opts.to_dict()):
         return {}
     return {(e["source"], e["label"]): e for e in old.get("checkpoints", [])
             if "fingerprint" in e}
@@ -353,7 +355,8 @@ def render_markdown(report: dict, out_dir: Path) -> str:
             f"{first['seg']['num_val']} val images, {s['num_classes']} classes, "
             f"{s['image_size']} px): {s['probe']}, {s['optimizer']} lr {s['lr']}, "
             f"{s['epochs']} epochs, batch {s['batch_size']}, seed {s['seed']}, "
-            f"reduce_zero_label {s['reduce_zero_label']}; {s['upsampling']}; "
+            f"reduce_zero_label {s['reduce_zero_label']}, features cached as "
+            f"{s.get('feature_dtype', 'float32')}; {s['upsampling']}; "
             "mIoU/aAcc/mAcc from one confusion matrix.")
     if "knn" in first:
         s = first["knn"]["settings"]

@@ -3,7 +3,8 @@
 The paper fine-tunes a Semantic FPN on ADE20K; at our scale we train only a linear classifier
 (a 1x1 convolution on the ``(h, w, D)`` token grid) on top of the frozen backbone:
 
-- features are extracted once (images resized to ``image_size``) and cached in memory;
+- features are extracted once (images resized to ``image_size``) and cached in memory
+  (float32, or float16 / bfloat16 with ``feature_dtype`` to halve the cache of large sets);
 - each feature dimension is standardised with the training-set mean / std (a fixed affine
   map, i.e. a frozen BatchNorm, so that one learning rate suits every backbone);
 - logits ``(B, C, h, w)`` are upsampled bilinearly to the label size and trained with
@@ -35,6 +36,9 @@ from selfpatch.io import IMAGE_SUFFIXES, read_rgb
 
 #: Label value ignored by the loss and the metrics (after the zero-label reduction).
 IGNORE_INDEX = 255
+#: Storage types of the feature cache (the probe itself always computes in float32).
+FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
+                  "bfloat16": torch.bfloat16}
 #: ADE20K split folder names.
 SPLITS = {"train": "training", "val": "validation"}
 
@@ -50,6 +54,7 @@ class ProbeSettings:
     seed: int = 0
     reduce_zero_label: bool = True
     image_size: int | None = None  # None: native size of the first training image
+    feature_dtype: str = "float32"  # storage of the cached features: one of FEATURE_DTYPES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +133,11 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 def load_split(backbone: torch.nn.Module, pairs: list[tuple[Path, Path]], size: int,
                num_classes: int, reduce_zero_label: bool, device: torch.device | str,
-               batch_size: int, keep_full: bool = True) -> SegSplit:
-    """Read, check and encode one split (features cached in memory; labels at the input size
-    and, with ``keep_full``, also at their original size for the metrics)."""
+               batch_size: int, keep_full: bool = True,
+               feature_dtype: torch.dtype = torch.float32) -> SegSplit:
+    """Read, check and encode one split (features cached in memory as ``feature_dtype``;
+    labels at the input size and, with ``keep_full``, also at their original size for the
+    metrics)."""
     full_labels: list[np.ndarray] = []
     small_labels: list[torch.Tensor] = []
     dtype = label_dtype(num_classes)
@@ -152,7 +159,7 @@ def load_split(backbone: torch.nn.Module, pairs: list[tuple[Path, Path]], size: 
             small_labels.append(small[0, 0].to(dtype))
             yield to_normalized_tensor(img, (size, size))
 
-    feats = extract_patch_features(backbone, images(), batch_size, device)
+    feats = extract_patch_features(backbone, images(), batch_size, device, feature_dtype)
     return SegSplit(feats, torch.stack(small_labels), full_labels, [p for p, _ in pairs])
 
 
@@ -220,6 +227,25 @@ def upsampled_logits_at(logits: torch.Tensor, size: tuple[int, int],
     return top + (bottom - top) * fy[:, None]
 
 
+def feature_mean_std(feats: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and (unbiased) std of ``(M, h, w, D)`` features, as float32 ``(D,)``.
+
+    Accumulated in float64 over ``chunk`` images at a time, so a float16 cache is never
+    copied whole to float32 (that copy would undo the memory it saves).
+    """
+    d = feats.shape[-1]
+    total = torch.zeros(d, dtype=torch.float64)
+    total_sq = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, feats.shape[0], chunk):
+        x = feats[start : start + chunk].reshape(-1, d).double()
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+    n = feats[..., 0].numel()
+    mean = total / n
+    var = (total_sq - n * mean * mean) / max(n - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+
 def train_probe(train: SegSplit, num_classes: int, settings: ProbeSettings,
                 device: torch.device | str = "cpu") -> tuple[LinearProbe, float]:
     """Train the probe with AdamW and a cosine schedule; returns it and the last epoch's loss.
@@ -228,9 +254,7 @@ def train_probe(train: SegSplit, num_classes: int, settings: ProbeSettings,
     of each batch (pixels with :data:`IGNORE_INDEX` do not count), averaged over those pixels.
     """
     feats = train.features
-    d = feats.shape[-1]
-    flat = feats.reshape(-1, d).float()
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    mean, std = feature_mean_std(feats)
     label_size = tuple(train.labels.shape[-2:])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
@@ -327,10 +351,14 @@ def evaluate_seg(backbone: torch.nn.Module, root: str | Path, num_classes: int,
     if size % backbone.patch_size:
         raise SelfPatchError(f"--image-size {size} is not a multiple of the patch size "
                              f"{backbone.patch_size}; choose a multiple")
+    if settings.feature_dtype not in FEATURE_DTYPES:
+        raise SelfPatchError(f"--seg-feature-dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+                             f"got {settings.feature_dtype}")
+    dtype = FEATURE_DTYPES[settings.feature_dtype]
     train = load_split(backbone, train_pairs, size, num_classes, settings.reduce_zero_label,
-                       device, batch_size, keep_full=False)
+                       device, batch_size, keep_full=False, feature_dtype=dtype)
     val = load_split(backbone, val_pairs, size, num_classes, settings.reduce_zero_label,
-                     device, batch_size)
+                     device, batch_size, feature_dtype=dtype)
     t_feat = time.perf_counter() - start
     if log:
         log(f"seg: features of {len(train_pairs)} train / {len(val_pairs)} val images "
