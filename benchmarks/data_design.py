@@ -12,7 +12,15 @@ supervised ViT, random weights and raw pixels). About 13 minutes per look on 2 c
 
 ``scenes``: the k-NN images do not depend on the scene sizes, so one supervised ViT (from
 ``controls.py``) serves every scene variant: the segmentation probe of it and of random
-weights on each variant's scenes. A good variant separates the two widely.
+weights on each variant's scenes. A good variant separates the two widely. ``--source
+LABEL=CHECKPOINT`` (repeatable) adds a pre-trained run to every row, which is what decides
+whether a variant would widen the *self-supervised* gap too; each row also records the mean
+number of objects per validation scene, and ``scenes.partial.json`` is rewritten after every
+row so a long study can be read while it runs::
+
+    python benchmarks/data_design.py scenes --out runs/design --candidates \
+        "1-3 objects, 1.4-2.8x (v2)" "1-2 objects, 1.8-3.0x" \
+        --source DINO=runs/repro/cpu-long-v2/dino-seed0/checkpoints/last.pt
 
 Results and the choice: docs/data.md ("Why v2 and how it was chosen").
 """
@@ -46,6 +54,11 @@ SCENE_CANDIDATES: dict[str, dict] = {
     "v1 sizes: 1-5 objects, 0.7-2.5x": {"max_objects": 5, "min_scale": 0.7, "max_scale": 2.5},
     "1-4 objects, 1.2-2.8x": {"max_objects": 4, "min_scale": 1.2, "max_scale": 2.8},
     "1-3 objects, 1.4-2.8x (v2)": {"max_objects": 3, "min_scale": 1.4, "max_scale": 2.8},
+    # Session 12: fewer, larger objects (still several per scene, still occluding).
+    "1-3 objects, 2.0-3.2x": {"max_objects": 3, "min_scale": 2.0, "max_scale": 3.2},
+    "1-2 objects, 1.8-3.0x": {"max_objects": 2, "min_scale": 1.8, "max_scale": 3.0},
+    "2-3 objects, 1.4-2.8x": {"min_objects": 2, "max_objects": 3, "min_scale": 1.4,
+                              "max_scale": 2.8},
 }
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -95,13 +108,18 @@ def scenes(args) -> dict:
     from selfpatch.models.loading import load_backbone
 
     sources = {"supervised ViT": str(args.backbone), "random ViT": "random:vit_tiny:16"}
+    for extra in args.source:
+        label, _, path = extra.partition("=")
+        if not path:
+            raise SystemExit(f"--source {extra!r}: expected LABEL=CHECKPOINT")
+        sources[label] = path
     results = {}
     print("| scenes | " + " | ".join(f"{k} mIoU" for k in sources) + " |")
     print("|---|" + "---:|" * len(sources))
     for i, name in enumerate(args.candidates or SCENE_CANDIDATES):
         data = _build(name, LOOKS[2], args.out / "scenes", 200 + i, n_knn_train=20,
                       n_knn_val=10, **SCENE_CANDIDATES[name])
-        row = {}
+        row = {"objects_per_scene": _objects_per_scene(data.seg_root)}
         for label, source in sources.items():
             backbone = load_backbone(source)
             size = builtin_size("scene_size", backbone.patch_size)
@@ -111,7 +129,17 @@ def scenes(args) -> dict:
         results[name] = row
         print(f"| {name} | " + " | ".join(f"{row[k]['mIoU']:.1f}" for k in sources) + " |",
               flush=True)
+        (args.out / "scenes.partial.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _objects_per_scene(seg_root: Path) -> float:
+    """Mean number of objects visible in the validation scenes (instance ids present)."""
+    from PIL import Image
+
+    paths = sorted((Path(seg_root) / "instances" / "validation").glob("*.png"))
+    counts = [len(np.setdiff1d(np.unique(np.asarray(Image.open(p))), [0])) for p in paths]
+    return round(float(np.mean(counts)), 2) if counts else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", type=Path, default=Path("runs/controls/"
                                                               "supervised-vit.safetensors"),
                         help="scenes: the supervised ViT exported by controls.py")
+    parser.add_argument("--source", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                        help="scenes: another backbone to probe on every variant (repeatable)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
+    known = LOOK_CANDIDATES if args.what == "looks" else SCENE_CANDIDATES
+    unknown = [c for c in args.candidates or () if c not in known]
+    if unknown:
+        parser.error(f"unknown {args.what} candidate(s) {unknown}; choose from {list(known)}")
     apply_threads(args.threads)
     torch.manual_seed(0)
     results = looks(args) if args.what == "looks" else scenes(args)

@@ -32,6 +32,26 @@ def test_supervised_training_learns_a_separable_task():
     assert result["epochs"] == 3 and result["val_top1"] >= 95.0
 
 
+def test_supervised_training_keeps_to_its_budget_when_epochs_slow_down(monkeypatch):
+    """Epoch 1 takes 2 s, later ones 4 s (a fake clock): sizing from epoch 1 alone would plan
+    9 epochs = 34 s against a 20 s budget; re-sizing after every epoch must stop in budget."""
+    clock = {"now": 0.0, "step": 0}
+
+    def slow_augment(images, generator):
+        clock["step"] += 1
+        clock["now"] += 1.0 if clock["step"] <= 2 else 2.0  # 2 steps per epoch below
+        return images
+
+    monkeypatch.setattr(controls, "augment", slow_augment)
+    monkeypatch.setattr(controls.time, "perf_counter", lambda: clock["now"])
+    images, labels = torch.randn(128, 3, 8, 8), torch.arange(128) % 2
+    result = controls.train_supervised(controls.small_cnn(2), (images, labels),
+                                       (images[:8], labels[:8]), budget_s=20, max_epochs=30,
+                                       lr=1e-3, batch_size=64, precision="fp32", log=None)
+    # by hand: after epochs 1..5 the clock reads 2, 6, 10, 14, 18 s; a 6th (4 s) would pass 19
+    assert result["epochs"] == 5 and result["log"][-1]["seconds"] == 18.0
+
+
 def test_augment_keeps_content_and_labels():
     images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
     out = controls.augment(images, torch.Generator().manual_seed(1))

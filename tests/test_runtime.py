@@ -178,3 +178,15 @@ def test_eval_precision_applies_to_the_backbone_and_is_reported(cpu, tmp_path):
     assert not torch.equal(low, full) and torch.allclose(low, full, atol=0.15)
     _, choice = load_for_eval("random:vit_tiny:16", torch.device("cpu"), "fp32")
     assert choice.name == "fp32"
+
+
+def test_cpu_name_adds_family_and_model_from_the_first_processor():
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\n"
+            "model name\t: other\n")
+    assert runtime.cpu_name_from_cpuinfo(text) == "AMD EPYC (family 26 model 2)"
+
+
+def test_cpu_name_without_family_is_the_bare_name_and_none_without_a_name():
+    assert runtime.cpu_name_from_cpuinfo("model name : Neoverse-V2\n") == "Neoverse-V2"
+    assert runtime.cpu_name_from_cpuinfo("processor : 0\nBogoMIPS : 50.00\n") is None

@@ -78,14 +78,30 @@ def cache_dir() -> Path:
 
 
 def cpu_name() -> str:
-    """The CPU model as ``lscpu`` names it (``/proc/cpuinfo``), else ``platform.processor()``."""
+    """The CPU as ``lscpu`` names it, with its family and model numbers (``/proc/cpuinfo``),
+    e.g. ``"AMD EPYC (family 26 model 2)"``; else ``platform.processor()``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        name = cpu_name_from_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        name = None
+    return name or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_name_from_cpuinfo(text: str) -> str | None:
+    """Model name of the first processor in ``/proc/cpuinfo`` text, plus ``(family F model
+    M)`` when given: virtual machines often report a bare "AMD EPYC", and timings from two
+    EPYC generations differ by more than the effects they are meant to show."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends at the first blank line
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return None
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"{name} (family {family} model {model})" if family and model else name
 
 
 def cpu_bf16_native() -> bool:
