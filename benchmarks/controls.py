@@ -125,7 +125,8 @@ def train_supervised(model: torch.nn.Module, train: tuple, val: tuple, budget_s:
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    start, epoch, epochs, rows, slowest = time.perf_counter(), 0, max_epochs, [], 0.0
+    start, epoch, epochs, rows = time.perf_counter(), 0, max_epochs, []
+    previous = slowest = 0.0  # elapsed seconds at the end of the last epoch; slowest epoch
     while epoch < epochs:
         order = torch.randperm(len(images), generator=generator)
         correct = seen = 0
@@ -147,7 +148,7 @@ def train_supervised(model: torch.nn.Module, train: tuple, val: tuple, budget_s:
         # from the slowest one so far: sizing once from the first epoch overran by 7 % when
         # later epochs ran slower (17 s, then ~20 s; AMD EPYC, 2026-12-03). Shrinking the
         # total only steepens the cosine; it never restarts it.
-        slowest = max(elapsed - (rows[-1]["seconds"] if rows else 0.0), slowest)
+        slowest, previous = max(elapsed - previous, slowest), elapsed
         fit = epoch + int((0.95 * budget_s - elapsed) / slowest)
         epochs = max(epoch, min(epochs if epoch > 1 else max_epochs, fit))
         state["total"] = epochs * steps_per_epoch

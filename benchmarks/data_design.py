@@ -54,7 +54,7 @@ SCENE_CANDIDATES: dict[str, dict] = {
     "v1 sizes: 1-5 objects, 0.7-2.5x": {"max_objects": 5, "min_scale": 0.7, "max_scale": 2.5},
     "1-4 objects, 1.2-2.8x": {"max_objects": 4, "min_scale": 1.2, "max_scale": 2.8},
     "1-3 objects, 1.4-2.8x (v2)": {"max_objects": 3, "min_scale": 1.4, "max_scale": 2.8},
-    # Session 12: fewer, larger objects (still several per scene, still occluding).
+    # Fewer/larger or more crowded objects (2026-12-03 study with self-supervised sources).
     "1-3 objects, 2.0-3.2x": {"max_objects": 3, "min_scale": 2.0, "max_scale": 3.2},
     "1-2 objects, 1.8-3.0x": {"max_objects": 2, "min_scale": 1.8, "max_scale": 3.0},
     "2-3 objects, 1.4-2.8x": {"min_objects": 2, "max_objects": 3, "min_scale": 1.4,

@@ -89,8 +89,8 @@ def cpu_name() -> str:
 
 def cpu_name_from_cpuinfo(text: str) -> str | None:
     """Model name of the first processor in ``/proc/cpuinfo`` text, plus ``(family F model
-    M)`` when given: virtual machines often report a bare "AMD EPYC", and timings from two
-    EPYC generations differ by more than the effects they are meant to show."""
+    M)`` when given: virtual machines often report a bare "AMD EPYC", and two EPYC
+    generations were recorded under that one name before."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
