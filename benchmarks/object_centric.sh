@@ -9,7 +9,8 @@
 #   bash benchmarks/object_centric.sh [SEED] [key=value ...]     # OUT=runs/objc, N=8000
 #
 # Extra key=value overrides go to both pre-training runs (e.g. optim.max_steps=2 for a smoke
-# test). Finished runs (checkpoints/last.pt present and the log ends cleanly) are not redone.
+# test). A run whose OUT/NAME.status says `done` (written when pre-training exits 0) and whose
+# checkpoints/last.pt exists is not redone; the evaluation always runs.
 set -eu
 SEED=${1:-0}; shift || true
 OUT=${OUT:-runs/objc}
