@@ -127,6 +127,18 @@ def run_subprocess(cmd: list[str], log: Path | None = None) -> None:
                          f"{result.returncode}); see {log}")
 
 
+def steps_trained(run_dir: Path, schedule_steps: int) -> int:
+    """Steps a finished run trained: its schedule, cut short by ``optim.max_steps`` when that
+    was set (the schedule, and so ``environment.json``'s ``total_steps``, ignores it)."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return schedule_steps
+    import yaml
+
+    max_steps = (yaml.safe_load(config.read_text()).get("optim") or {}).get("max_steps") or 0
+    return min(schedule_steps, max_steps) if max_steps > 0 else schedule_steps
+
+
 def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: list[str],
              runner: Runner = run_subprocess, launcher: str = "", log: Path | None = None
              ) -> dict:
@@ -153,9 +165,11 @@ def pretrain(run_dir: Path, preset: str, variant: str, seed: int, overrides: lis
               flush=True)
         runner(cmd, log=log)
     env = json.loads((run_dir / "environment.json").read_text())
+    steps = steps_trained(run_dir, env["total_steps"])
     facts = {"variant": variant, "seed": seed, "seconds_last_sitting":
              round(time.perf_counter() - start, 1), "resumed": resumed,
-             "steps": env["total_steps"], "images_seen": env["total_steps"] * env["total_batch"],
+             "steps": steps, "images_seen": steps * env["total_batch"],
+             "schedule_steps": env["total_steps"],
              "n_images": env["n_images"], "device": env["device"], "cpu": env.get("cpu"),
              "precision": env.get("precision", {}).get("name"), "torch": env["torch"]}
     done.write_text(json.dumps(facts, indent=2))
@@ -252,7 +266,9 @@ def render(summary: dict, title: str, budget: dict[str, dict], command: str) -> 
               "(negative) and any features known to be good (positive) under the same "
               "protocols.", "", "Budget per run:", ""]
     for name, facts in budget.items():
-        lines.append(f"- {name}: {facts['steps']} steps, {facts['images_seen']} images seen "
+        schedule = facts.get("schedule_steps", facts["steps"])
+        cut = f" (stopped early: a {schedule}-step schedule)" if schedule != facts["steps"] else ""
+        lines.append(f"- {name}: {facts['steps']} steps{cut}, {facts['images_seen']} images seen "
                      f"({facts['n_images']} distinct), {facts['device']} "
                      f"({facts.get('cpu') or ''}, {facts.get('precision')})")
     # Runs finished over several sittings may land on other machines; `auto` precision then

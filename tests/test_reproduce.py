@@ -190,7 +190,10 @@ def test_grid_skips_finished_runs_resumes_killed_ones_and_writes_the_table(tmp_p
     evals = [c for c in calls if c[3] == "eval"]
     assert evals and all("--reuse" in c for c in evals)
     assert "--resume" in next(c for c in pre if f"run.output_dir={killed}" in c)
-    assert json.loads((killed / "done.json").read_text())["resumed"] is True
+    facts = json.loads((killed / "done.json").read_text())
+    assert facts["resumed"] is True
+    # 16 images, batch 8, 2 epochs: 4 steps; the first sitting's max_steps=3 no longer applies
+    assert facts["steps"] == facts["schedule_steps"] == 4 and facts["images_seen"] == 32
     # The resumed run is the run an uninterrupted one gives.
     whole = tmp_path / "whole"
     pretrain(load_config("cpu-quick", [*reproduce.VARIANTS["selfpatch"], *overrides,
@@ -252,3 +255,19 @@ def test_jobs_refuse_a_launcher_and_a_count_below_one(capsys):
             reproduce.main([*args, "--no-eval"], runner)
         assert exc.value.code == 2
     assert "--jobs with --launcher" in capsys.readouterr().err
+
+
+def test_budget_counts_the_steps_a_max_steps_run_trained_not_its_schedule(tmp_path):
+    """`optim.max_steps` stops a run before its schedule ends; environment.json still holds
+    the schedule, so the table must not report the cut run as the full budget."""
+    images = make_images(tmp_path / "imgs", n=16)
+    run_dir = tmp_path / "dino-seed0"
+    facts = reproduce.pretrain(run_dir, "cpu-quick", "dino", 0,
+                               [*TINY, f"data.path={images}", "optim.epochs=2",
+                                "optim.max_steps=1"])
+    steps_logged = [json.loads(line)["step"]
+                    for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps_logged) == 1
+    assert facts["steps"] == 1 and facts["schedule_steps"] == 4 and facts["images_seen"] == 8
+    text = reproduce.render({"variants": {}, "controls": {}}, "t", {"dino-seed0": facts}, "c")
+    assert "1 steps (stopped early: a 4-step schedule), 8 images seen" in text
