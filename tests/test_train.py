@@ -283,3 +283,20 @@ def test_version_1_checkpoints_resume_and_evaluate(images, tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(SelfPatchError, match="format version 3, newer"):
         load_training_checkpoint(path)
+
+
+def test_limit_images_warns_when_whole_class_folders_are_left_out(tmp_path):
+    """`data.limit_images` keeps the first N sorted files: on a class-per-folder layout that can
+    drop whole classes (it did, silently, in a session-16 run); the trainer says so."""
+    from selfpatch.train.factory import folders_left_out
+
+    root = tmp_path / "train"
+    files = [root / "a" / "1.png", root / "a" / "2.png", root / "b" / "1.png",
+             root / "c" / "1.png", root / "c" / "2.png"]
+    two = folders_left_out(files, 2, root)  # a, a: b and c are gone
+    assert "2 of 3 folders" in two and "(b, c)" in two and "first 2 of 5" in two
+    assert "1 of 3 folders" in folders_left_out(files, 3, root)  # c is gone
+    assert folders_left_out(files, 4, root) == ""  # c keeps one image
+    assert folders_left_out(files, 9, root) == ""
+    flat = [root / f"{i}.png" for i in range(5)]  # one folder: nothing to leave out
+    assert folders_left_out(flat, 2, root) == ""

@@ -108,7 +108,7 @@ class DataConfig:
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
     builtin_version: int = 2  # built-in data version for path=builtin (1 = first release)
-    limit_images: int = 0  # use only the first N images (0 = all)
+    limit_images: int = 0  # the first N images in sorted order (0 = all); warns if folders drop
     # DINO's colour augmentation by default; stronger settings suit data where colour
     # identifies an image but not its objects (tried on the built-in data: docs/results.md).
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)

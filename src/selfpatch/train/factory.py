@@ -198,6 +198,24 @@ class TrainData:
     gpu_augment: GpuMultiCrop | None
 
 
+def folders_left_out(files: list[Path], limit: int, root: Path) -> str:
+    """A warning when ``data.limit_images`` (the first ``limit`` of the sorted ``files``)
+    leaves out whole top-level folders of ``root``, e.g. all images of some classes in an
+    ImageFolder layout; ``""`` when every folder keeps at least one image."""
+    def folder(f: Path) -> str:
+        parts = f.relative_to(root).parts
+        return parts[0] if len(parts) > 1 else "."
+
+    kept = {folder(f) for f in files[:limit]}
+    left_out = sorted({folder(f) for f in files[limit:]} - kept)
+    if not left_out:
+        return ""
+    shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+    return (f"warning: data.limit_images={limit} keeps the first {limit} of {len(files)} images "
+            f"in sorted order, so {len(left_out)} of {len(kept) + len(left_out)} folders of "
+            f"{root} are left out entirely ({shown}); set data.limit_images=0 to use them all")
+
+
 def build_train_data(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainData:
     """Multi-crop DataLoader over the image folder, with a seeded, resumable sampler.
 
@@ -208,7 +226,10 @@ def build_train_data(cfg: Config, info: D.DistInfo, device: torch.device) -> Tra
     root = resolve_data_root(cfg, info)
     dataset = ImageFolderDataset(root)
     if cfg.data.limit_images:
+        dropped = folders_left_out(dataset.files, cfg.data.limit_images, dataset.root)
         dataset.files = dataset.files[: cfg.data.limit_images]
+        if dropped and info.is_main:
+            print(dropped)
     report = dataset.scan(verify=True)
     if report.bad and info.is_main:
         print(report.summary())
