@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from controls import PixelTokens  # benchmarks/controls.py: the raw-pixel reference
 from PIL import Image, ImageFilter
 
@@ -193,12 +195,68 @@ def build_videos(out: Path, change: Callable[[VideoLayout, int], VideoLayout], s
     return root
 
 
+#: Mask-only references (no features): what J&F gives with no tracking at all, and with
+#: perfect tracking at the protocol's patch grid. They bracket what any backbone can score.
+MASK_REFERENCES = {
+    "first-mask": "every frame predicted as frame 0's annotation (no tracking)",
+    "grid-oracle": "every frame's own annotation taken to the patch grid as the protocol "
+                   "takes frame 0's (nearest) and read out by the protocol: perfect tracking "
+                   "of the protocol's own patch labels",
+    "grid-oracle-area": "the same with each patch holding the area fraction of every label "
+                        "(the most a soft patch label can say)",
+}
+
+
+def mask_reference_predictions(kind: str, gt: np.ndarray, patch: int,
+                               short_side: int | None) -> np.ndarray:
+    """``(T, H, W)`` predicted ids of a mask-only reference for one clip's ground truth ``gt``.
+
+    ``first-mask`` repeats frame 0's annotation. ``grid-oracle`` takes each frame's own
+    annotation down to the patch grid the backbone would see (nearest, as frame 0's labels
+    are) and back up with the protocol's read-out (``soft_to_labels``), so its only error is
+    the grid's resolution. ``grid-oracle-area`` gives each patch the fraction of its area
+    under every label instead (a tracker's top-k average can hold such soft labels).
+    """
+    from selfpatch.evaluate.davis import labels_to_onehot, propagation_size, soft_to_labels
+    from selfpatch.evaluate.jf import VOID_LABEL
+
+    ids = np.where(gt == VOID_LABEL, 0, gt).astype(np.uint8)
+    if kind == "first-mask":
+        return np.repeat(ids[:1], len(ids), axis=0)
+    if kind not in MASK_REFERENCES:
+        raise ValueError(f"unknown mask reference {kind!r}; choose from {sorted(MASK_REFERENCES)}")
+    height, width = ids.shape[1:]
+    th, tw = propagation_size(height, width, patch, short_side)
+    grid = (th // patch, tw // patch)
+    num_labels = int(ids.max()) + 1
+    if kind == "grid-oracle":
+        soft = [labels_to_onehot(frame, grid, num_labels) for frame in ids]
+    else:  # area fractions: box-average the full-resolution one-hot over each patch's cell
+        onehot = F.one_hot(torch.from_numpy(ids.astype(np.int64)), num_labels)
+        soft = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), grid)
+    return np.stack([soft_to_labels(s, patch, (height, width)) for s in soft])
+
+
+def score_mask_reference(kind: str, root: Path, patch: int, short_side: int | None) -> float:
+    """J&F-Mean (percent) of a mask-only reference over the ``val`` clips under ``root``."""
+    from selfpatch.evaluate.davis import list_davis_sequences, read_annotations
+    from selfpatch.evaluate.jf import DavisScores, sequence_scores
+
+    scores = DavisScores()
+    for seq in list_davis_sequences(root, "val"):
+        gt = read_annotations(seq)
+        j, f = sequence_scores(gt, mask_reference_predictions(kind, gt, patch, short_side))
+        scores.add_sequence(seq.name, j, f)
+    return 100 * scores.global_results()["J&F-Mean"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/video-design"))
     parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a `selfpatch eval` source, or pixels:P for raw-pixel tokens of "
-                        "P x P patches (appearance alone, a reference)")
+                        help="a `selfpatch eval` source, pixels:P for raw-pixel tokens of "
+                        "P x P patches (appearance alone, a reference), or a mask-only "
+                        "reference: first-mask, grid-oracle[:P] (P = patch, default 16)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -216,6 +274,15 @@ def main() -> None:
             done = args.out / variant / "results" / tag / "score.json"
             if done.exists():  # scored in an earlier call: reuse
                 rows.setdefault(source, {})[variant] = json.loads(done.read_text())["J&F"]
+                continue
+            if source.split(":")[0] in MASK_REFERENCES:
+                patch = int(source.split(":")[1]) if ":" in source else 16
+                settings = EvalOptions().propagation(builtin=True, patch_size=patch)
+                rows.setdefault(source, {})[variant] = score_mask_reference(
+                    source.split(":")[0], root, patch, settings.short_side)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps({"J&F": rows[source][variant]}))
+                print(f"{variant:12s} {source}: J&F {rows[source][variant]:.1f}", flush=True)
                 continue
             backbone = (PixelTokens(int(source.split(":")[1])) if source.startswith("pixels:")
                         else load_backbone(source, "cpu").eval())

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -74,3 +75,82 @@ def test_turn_by_180_degrees_ends_upside_down():
     middle = turn.render(photos, layout.frames // 2).instance
     assert not np.array_equal(middle, layout.render(photos, layout.frames // 2).instance)
     assert not np.array_equal(middle, layout.render(flipped, layout.frames // 2).instance)
+
+
+
+def _moving_block(frames: int = 4, size: int = 64, row: int = 16, col: int = 8,
+                  step: int = 8, void: bool = False) -> np.ndarray:
+    """``(T, size, size)`` ids: a 24x24 block of id 1 at ``(row, col)`` moving ``step`` px
+    right per frame, and a fixed 16x16 block of id 2 on the 8 px grid; optionally a void
+    (255) band around block 1."""
+    gt = np.zeros((frames, size, size), np.uint8)
+    for t in range(frames):
+        x = col + step * t
+        if void:
+            gt[t, row - 2 : row + 26, x - 2 : x + 26] = 255
+        gt[t, row : row + 24, x : x + 24] = 1
+        gt[t, 40:56, 40:56] = 2
+    return gt
+
+
+def _scores(gt: np.ndarray, kind: str, patch: int = 8, short_side: int | None = None):
+    from selfpatch.evaluate.jf import sequence_scores
+
+    pred = video_design.mask_reference_predictions(kind, gt, patch, short_side)
+    return pred, *sequence_scores(gt, pred)
+
+
+def test_first_mask_repeats_frame_zero_with_void_as_background():
+    gt = _moving_block(void=True)
+    pred, j, _ = _scores(gt, "first-mask")
+    expected = np.where(gt[0] == 255, 0, gt[0])
+    assert all(np.array_equal(p, expected) for p in pred)
+    assert np.allclose(j[1], 1.0)  # the fixed block is "tracked" by doing nothing
+    # the moving block: overlap 16/24 of its width after 8 px, 8/24 after 16 px
+    assert np.allclose(j[0], [16 / 32, 8 / 40])
+
+
+def test_grid_oracles_track_blocks_that_sit_on_the_grid():
+    gt = _moving_block(row=16, col=8, step=8)  # every edge on the 8 px patch grid
+    for kind in ("grid-oracle", "grid-oracle-area"):
+        _, j, f = _scores(gt, kind)
+        assert j.min() > 0.85 and f.min() > 0.85, kind  # only the read-out rounds corners
+
+
+@pytest.mark.parametrize("kind", ["grid-oracle", "grid-oracle-area"])
+def test_grid_oracles_err_only_within_one_patch_of_a_boundary(kind):
+    from scipy.ndimage import binary_dilation
+
+    patch = 8
+    gt = _moving_block(row=12, col=4, step=4)  # edges half a patch off the grid
+    pred, _, _ = _scores(gt, kind, patch)
+    for t in range(len(gt)):
+        near = np.zeros(gt.shape[1:], bool)
+        for k in (1, 2):
+            m = gt[t] == k
+            near |= binary_dilation(m, iterations=patch) & binary_dilation(~m, iterations=patch)
+        assert not ((pred[t] != gt[t]) & ~near).any()
+
+
+def test_area_fractions_beat_nearest_labels_off_the_grid():
+    gt = _moving_block(row=12, col=4, step=4)
+    _, j_nearest, _ = _scores(gt, "grid-oracle")
+    _, j_area, _ = _scores(gt, "grid-oracle-area")
+    assert j_area[0].mean() > j_nearest[0].mean() + 0.1
+
+
+def test_grid_oracle_uses_the_upscaled_grid():
+    """At a short side of twice the frame, patch 16 sees the same 8x8 grid as patch 8 natively:
+    the two differ only where the read-out's nearest resize samples the upscaled map (< 1 %);
+    a 4x4 grid (patch 16, native size) is coarser."""
+    gt = _moving_block(row=12, col=4, step=4)
+    a, j_a, _ = _scores(gt, "grid-oracle-area", 8, None)
+    b, _, _ = _scores(gt, "grid-oracle-area", 16, 128)
+    _, j_coarse, _ = _scores(gt, "grid-oracle-area", 16, None)
+    assert (a != b).mean() < 0.01
+    assert j_coarse.mean() < j_a.mean() - 0.1
+
+
+def test_unknown_mask_reference_is_refused():
+    with pytest.raises(ValueError, match="first-mask"):
+        video_design.mask_reference_predictions("copy", _moving_block(), 8, None)
