@@ -256,7 +256,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", action="append", required=True,
                         help="a `selfpatch eval` source, pixels:P for raw-pixel tokens of "
                         "P x P patches (appearance alone, a reference), or a mask-only "
-                        "reference: first-mask, grid-oracle[:P] (P = patch, default 16)")
+                        "reference: first-mask, grid-oracle[:P], grid-oracle-area[:P] (P = "
+                        "patch, default 16)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
