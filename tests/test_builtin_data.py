@@ -440,3 +440,25 @@ def test_cli_build_and_show(tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(png) and png.is_file()
+
+
+def test_data_root_accepts_a_build_folder_with_the_builtin_protocol(tiny, tmp_path):
+    """`eval --data-root <build folder>` (e.g. one built with another --seed) must evaluate
+    that build exactly like the default one: built-in flag, its class count and names."""
+    from selfpatch.evaluate.datasets import choose_data
+
+    for task, root in (("davis", tiny.davis_root), ("seg", tiny.seg_root),
+                       ("knn", tiny.knn_root)):
+        choice = choose_data(task, None, tiny.root)
+        assert choice.builtin and choice.root == root
+        assert choice.num_classes == 10 and len(choice.class_names) == 10
+    # A folder that only looks similar (manifest of another data set) is not taken for one.
+    (tmp_path / "knn").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "something-else"}))
+    choice = choose_data("knn", None, tmp_path)
+    assert not choice.builtin and choice.root == tmp_path / "knn"
+    # A build folder with a task folder removed is one clear error, not a silent fallback.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny.root, broken, ignore=shutil.ignore_patterns("davis"))
+    with pytest.raises(SelfPatchError, match=r"davis is missing.*--force"):
+        choose_data("davis", None, broken)

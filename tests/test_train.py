@@ -300,3 +300,59 @@ def test_limit_images_warns_when_whole_class_folders_are_left_out(tmp_path):
     assert folders_left_out(files, 9, root) == ""
     flat = [root / f"{i}.png" for i in range(5)]  # one folder: nothing to leave out
     assert folders_left_out(flat, 2, root) == ""
+
+
+def test_data_folders_keeps_only_the_named_top_level_folders(tmp_path):
+    from selfpatch.train.factory import keep_folders
+
+    root = tmp_path / "train"
+    files = [root / "a" / "1.png", root / "b" / "1.png", root / "b" / "2.png",
+             root / "c" / "1.png", root / "loose.png"]
+    assert keep_folders(files, root, ["c", "a"]) == [files[0], files[3]]  # sorted order kept
+    assert keep_folders(files, root, ["b"]) == files[1:3]
+    with pytest.raises(SelfPatchError, match=r"data.folders: d, e not found .*: a, b, c$"):
+        keep_folders(files, root, ["a", "d", "e"])
+    with pytest.raises(SelfPatchError, match=r"data.folders: .* twice"):
+        load_config("cpu-quick", ["data.folders=[a,a]"])
+
+
+def test_data_folders_reaches_the_training_loader(tmp_path):
+    from selfpatch.train.distributed import DistInfo
+    from selfpatch.train.factory import build_train_data
+
+    for name, seed in (("cls0", 0), ("cls1", 1), ("cls2", 2)):
+        make_images(tmp_path / "imgs" / name, n=8, seed=seed)
+    cfg = cfg_for(tmp_path / "imgs", tmp_path / "run", "data.folders=[cls2,cls0]")
+    data = build_train_data(cfg, DistInfo(), torch.device("cpu"))
+    assert len(data.dataset) == 16
+    assert {f.parent.name for f in data.dataset.files} == {"cls0", "cls2"}
+
+
+def test_builtin_objects_resolves_to_the_knn_train_split(tmp_path, monkeypatch):
+    """`data.builtin_images=objects` pre-trains on the built-in single-object images: the
+    build with `n_knn_train = data.builtin_n_objects`, its `knn/train` folder."""
+    import selfpatch.data.builtin as builtin
+    from selfpatch.data.builtin.build import data_paths
+    from selfpatch.data.builtin.layouts import knn_class_dir
+    from selfpatch.train.distributed import DistInfo
+    from selfpatch.train.factory import resolve_data_root
+
+    seen = []
+
+    def fake_ensure(spec, progress=True, **_):
+        seen.append(spec)
+        return data_paths(tmp_path / spec.dir_name())
+
+    monkeypatch.setattr(builtin, "ensure_builtin", fake_ensure)
+    cfg = load_config("cpu-long-objects", ["data.builtin_n_objects=200"])
+    root = resolve_data_root(cfg, DistInfo())
+    assert seen[0].n_knn_train == 200 and seen[0].n_pretrain == cfg.data.builtin_n_pretrain
+    assert root == tmp_path / seen[0].dir_name() / "knn" / "train"
+    # The preset's folders are the built-in classes 0-4, by the layout's own names.
+    assert cfg.data.folders == [knn_class_dir(label) for label in range(5)]
+    assert cfg.data.limit_images == 0
+    scenes = load_config("cpu-long")
+    assert resolve_data_root(scenes, DistInfo()).name == "pretrain"
+    assert seen[1].n_knn_train == builtin.BuiltinSpec().n_knn_train
+    with pytest.raises(SelfPatchError, match=r"data.builtin_images.*scenes, objects"):
+        load_config("cpu-quick", ["data.builtin_images=object"])

@@ -108,6 +108,14 @@ class DataConfig:
     pin_memory: bool = True
     builtin_n_pretrain: int = 20000  # scenes generated for path=builtin
     builtin_version: int = 2  # built-in data version for path=builtin (1 = first release)
+    # What path=builtin pre-trains on: "scenes" (multi-object scenes, builtin_n_pretrain of
+    # them) or "objects" (one object per image, the k-NN renderer's train split from
+    # Fashion-MNIST train photos: builtin_n_objects in all, class-balanced; docs/data.md).
+    builtin_images: str = "scenes"
+    builtin_n_objects: int = 16000
+    # Keep only these top-level folders of the image folder (e.g. classes of an ImageFolder
+    # layout); empty = all. Applied before limit_images.
+    folders: list[str] = field(default_factory=list)
     limit_images: int = 0  # the first N images in sorted order (0 = all); warns if folders drop
     # DINO's colour augmentation by default; stronger settings suit data where colour
     # identifies an image but not its objects (tried on the built-in data: docs/results.md).
@@ -421,6 +429,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "data.n_local": (0, None, False, False),
     "data.num_workers": (0, None, False, False),
     "data.builtin_n_pretrain": (1, None, False, False),
+    "data.builtin_n_objects": (10, None, False, False),
     "data.limit_images": (0, None, False, False),
     "optim.epochs": (1, None, False, False),
     "optim.batch_size": (1, None, False, False),
@@ -470,6 +479,11 @@ def validate(cfg: Config) -> None:
     if cfg.data.builtin_version not in (1, 2):
         raise bad("data.builtin_version", f"{cfg.data.builtin_version} is not a built-in data "
                   "version; use 2 (default) or 1 (the first release)")
+    if cfg.data.builtin_images not in ("scenes", "objects"):
+        raise bad("data.builtin_images", f"{cfg.data.builtin_images!r} is not one of scenes, "
+                  "objects")
+    if len(set(cfg.data.folders)) != len(cfg.data.folders):
+        raise bad("data.folders", f"{cfg.data.folders} names a folder twice")
     if cfg.run.precision not in PRECISIONS:
         raise bad("run.precision", f"{cfg.run.precision!r} is not one of {', '.join(PRECISIONS)}")
     if cfg.dino.center_views not in ("global", "all"):

@@ -3,7 +3,9 @@
 All protocols read the public on-disk layouts (DAVIS 2017, ADE20K, ImageFolder), so the
 built-in data only has to tell us its three roots. A real data set is chosen per task with
 ``--davis-root`` / ``--seg-root`` / ``--knn-root``, or for all at once with ``--data-root``
-pointing at a folder holding them under their usual names (:data:`DATA_ROOT_NAMES`).
+pointing at a folder holding them under their usual names (:data:`DATA_ROOT_NAMES`) or at
+one build folder of ``selfpatch data build`` (any seed or size: it is evaluated exactly as the
+default build, with the built-in protocol settings).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def choose_data(task: str, explicit: str | Path | None = None,
         base = Path(data_root)
         if not base.is_dir():
             raise SelfPatchError(f"--data-root {base} is not a directory; check the path")
+        build = _builtin_build(base)
+        if build is not None:
+            return _builtin_choice(build, task)
         for name in DATA_ROOT_NAMES[task]:
             if (base / name).is_dir():
                 return DataChoice(root=base / name, builtin=False)
@@ -74,8 +79,28 @@ def choose_data(task: str, explicit: str | Path | None = None,
             f"--data-root {base} has none of {', '.join(DATA_ROOT_NAMES[task])} for {task}; "
             f"rename the folder or pass --{task}-root"
         )
-    data = builtin_data(builtin_version)
+    return _builtin_choice(builtin_data(builtin_version), task)
+
+
+def _builtin_build(folder: Path):
+    """The :class:`BuiltinData` of ``folder`` when it is a finished ``selfpatch data build``
+    folder (its manifest names the built-in set), else None."""
+    try:
+        from selfpatch.data.builtin.build import NAME, data_paths, read_manifest
+    except ImportError:
+        return None
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("name") != NAME:
+        return None
+    return data_paths(folder)
+
+
+def _builtin_choice(data, task: str) -> DataChoice:
+    """``task``'s root of a built-in build ``data``, flagged so the built-in protocol applies."""
     root = {"davis": data.davis_root, "seg": data.seg_root, "knn": data.knn_root}[task]
+    if not Path(root).is_dir():
+        raise SelfPatchError(f"built-in data folder {root} is missing; rebuild it with "
+                             "`selfpatch data build --force`")
     names = tuple(getattr(data, "class_names", ()) or ()) or None
     return DataChoice(root=Path(root), builtin=True, num_classes=int(data.num_classes),
                       class_names=names)

@@ -172,19 +172,49 @@ def multicrop_config(data: DataConfig) -> MultiCropConfig:
 
 
 def resolve_data_root(cfg: Config, info: D.DistInfo) -> Path:
-    """The image folder; ``builtin`` builds/reuses the built-in scenes (rank 0 first)."""
+    """The image folder; ``builtin`` builds/reuses the built-in data (rank 0 first) and
+    returns its scenes, or with ``data.builtin_images=objects`` its single-object images
+    (the k-NN renderer's ``train`` split, one folder per class)."""
     if cfg.data.path != "builtin":
         return Path(cfg.data.path).expanduser()
     from selfpatch.data.builtin import BuiltinSpec, ensure_builtin
 
-    spec = BuiltinSpec.for_version(cfg.data.builtin_version,
-                                   n_pretrain=cfg.data.builtin_n_pretrain)
+    objects = cfg.data.builtin_images == "objects"
+    sizes = {"n_pretrain": cfg.data.builtin_n_pretrain}
+    if objects:
+        sizes["n_knn_train"] = cfg.data.builtin_n_objects
+    spec = BuiltinSpec.for_version(cfg.data.builtin_version, **sizes)
+
+    def folder(progress: bool) -> Path:
+        data = ensure_builtin(spec, progress=progress)
+        return Path(data.knn_root) / "train" if objects else data.pretrain_dir
+
     if info.is_main:
-        root = ensure_builtin(spec, progress=cfg.run.progress).pretrain_dir
+        root = folder(cfg.run.progress)
     D.barrier(info)
     if not info.is_main:
-        root = ensure_builtin(spec, progress=False).pretrain_dir
+        root = folder(False)
     return root
+
+
+def keep_folders(files: list[Path], root: Path, folders: list[str]) -> list[Path]:
+    """The ``files`` (below ``root``) whose top-level folder is one of ``folders``, in order.
+
+    Raises:
+        SelfPatchError: a name in ``folders`` is not a top-level folder holding images.
+    """
+    def top(f: Path) -> str:
+        parts = f.relative_to(root).parts
+        return parts[0] if len(parts) > 1 else ""
+
+    present = sorted({top(f) for f in files} - {""})
+    missing = [name for name in folders if name not in present]
+    if missing:
+        shown = ", ".join(present[:20]) + (", ..." if len(present) > 20 else "")
+        raise SelfPatchError(f"data.folders: {', '.join(missing)} not found under {root}; "
+                             f"folders with images there: {shown or 'none'}")
+    wanted = set(folders)
+    return [f for f in files if top(f) in wanted]
 
 
 @dataclass
@@ -225,6 +255,8 @@ def build_train_data(cfg: Config, info: D.DistInfo, device: torch.device) -> Tra
     """
     root = resolve_data_root(cfg, info)
     dataset = ImageFolderDataset(root)
+    if cfg.data.folders:
+        dataset.files = keep_folders(dataset.files, dataset.root, cfg.data.folders)
     if cfg.data.limit_images:
         dropped = folders_left_out(dataset.files, cfg.data.limit_images, dataset.root)
         dataset.files = dataset.files[: cfg.data.limit_images]
