@@ -71,7 +71,11 @@ def choose_data(task: str, explicit: str | Path | None = None,
             raise SelfPatchError(f"--data-root {base} is not a directory; check the path")
         build = _builtin_build(base)
         if build is not None:
-            return _builtin_choice(build, task)
+            choice = _builtin_choice(build, task)
+            if not choice.root.is_dir():
+                raise SelfPatchError(f"built-in data folder {choice.root} is missing; rebuild "
+                                     "it with `selfpatch data build --force`")
+            return choice
         for name in DATA_ROOT_NAMES[task]:
             if (base / name).is_dir():
                 return DataChoice(root=base / name, builtin=False)
@@ -98,9 +102,6 @@ def _builtin_build(folder: Path):
 def _builtin_choice(data, task: str) -> DataChoice:
     """``task``'s root of a built-in build ``data``, flagged so the built-in protocol applies."""
     root = {"davis": data.davis_root, "seg": data.seg_root, "knn": data.knn_root}[task]
-    if not Path(root).is_dir():
-        raise SelfPatchError(f"built-in data folder {root} is missing; rebuild it with "
-                             "`selfpatch data build --force`")
     names = tuple(getattr(data, "class_names", ()) or ()) or None
     return DataChoice(root=Path(root), builtin=True, num_classes=int(data.num_classes),
                       class_names=names)
