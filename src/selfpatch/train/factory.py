@@ -203,18 +203,14 @@ def keep_folders(files: list[Path], root: Path, folders: list[str]) -> list[Path
     Raises:
         SelfPatchError: a name in ``folders`` is not a top-level folder holding images.
     """
-    def top(f: Path) -> str:
-        parts = f.relative_to(root).parts
-        return parts[0] if len(parts) > 1 else ""
-
-    present = sorted({top(f) for f in files} - {""})
+    present = sorted({top_folder(f, root) for f in files} - {"."})
     missing = [name for name in folders if name not in present]
     if missing:
         shown = ", ".join(present[:20]) + (", ..." if len(present) > 20 else "")
         raise SelfPatchError(f"data.folders: {', '.join(missing)} not found under {root}; "
                              f"folders with images there: {shown or 'none'}")
     wanted = set(folders)
-    return [f for f in files if top(f) in wanted]
+    return [f for f in files if top_folder(f, root) in wanted]
 
 
 @dataclass
@@ -228,16 +224,18 @@ class TrainData:
     gpu_augment: GpuMultiCrop | None
 
 
+def top_folder(file: Path, root: Path) -> str:
+    """The top-level folder of ``file`` below ``root`` (``"."`` for a file directly in it)."""
+    parts = file.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else "."
+
+
 def folders_left_out(files: list[Path], limit: int, root: Path) -> str:
     """A warning when ``data.limit_images`` (the first ``limit`` of the sorted ``files``)
     leaves out whole top-level folders of ``root``, e.g. all images of some classes in an
     ImageFolder layout; ``""`` when every folder keeps at least one image."""
-    def folder(f: Path) -> str:
-        parts = f.relative_to(root).parts
-        return parts[0] if len(parts) > 1 else "."
-
-    kept = {folder(f) for f in files[:limit]}
-    left_out = sorted({folder(f) for f in files[limit:]} - kept)
+    kept = {top_folder(f, root) for f in files[:limit]}
+    left_out = sorted({top_folder(f, root) for f in files[limit:]} - kept)
     if not left_out:
         return ""
     shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
