@@ -1,0 +1,54 @@
+"""benchmarks/build_spread.py: gains are taken against the negative control of the same
+build, and aggregated over builds as hand-computed."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import build_spread  # noqa: E402
+
+
+def _report(rows: dict[str, tuple[float, list[float] | None]]) -> dict:
+    return {"checkpoints": [
+        {"source": s, "label": s.replace(":", "-"), "metrics": {"mIoU": m, "note": "x"},
+         "results": {"seg": {"per_class": [{"IoU": v} for v in c]}} if c else {}}
+        for s, (m, c) in rows.items()]}
+
+
+def test_gain_is_against_the_same_builds_negative_and_aggregates_by_hand():
+    """Random 6, 7, 5 and a run 12, 10, 13 on builds 0, 1, 2: gains 6, 3, 8 -> mean 17/3,
+    sample std sqrt(((1/3)^2 + (8/3)^2 + (7/3)^2) / 2) = sqrt(19/3). Values 12, 10, 13 ->
+    mean 35/3. Per-class IoU of the run on builds 0 and 2 only ([2, 4] and [4, 8]) -> [3, 6].
+    A non-numeric metric is ignored."""
+    per_build = {
+        0: build_spread.scores(_report({"random:v": (6.0, None), "run.pt": (12.0, [2.0, 4.0])})),
+        1: build_spread.scores(_report({"random:v": (7.0, None), "run.pt": (10.0, None)})),
+        2: build_spread.scores(_report({"random:v": (5.0, None), "run.pt": (13.0, [4.0, 8.0])})),
+    }
+    out = build_spread.summarise(per_build, "random:v")
+    run = out["run.pt"]
+    assert run["builds"] == [0, 1, 2]
+    assert run["gain"]["mIoU"]["per_build"] == {0: 6.0, 1: 3.0, 2: 8.0}
+    assert math.isclose(run["gain"]["mIoU"]["mean"], 17 / 3)
+    assert math.isclose(run["gain"]["mIoU"]["std"], math.sqrt(19 / 3))
+    assert math.isclose(run["value"]["mIoU"]["mean"], 35 / 3)
+    assert run["per_class_iou_mean"] == [3.0, 6.0]
+    assert "note" not in run["value"]
+    assert out["random:v"]["gain"]["mIoU"]["per_build"] == {0: 0.0, 1: 0.0, 2: 0.0}
+
+
+def test_a_build_without_the_negative_gives_no_gain_for_it():
+    per_build = {
+        0: build_spread.scores(_report({"random:v": (6.0, None), "run.pt": (12.0, None)})),
+        1: build_spread.scores(_report({"run.pt": (10.0, None)})),
+    }
+    run = build_spread.summarise(per_build, "random:v")["run.pt"]
+    assert run["value"]["mIoU"]["per_build"] == {0: 12.0, 1: 10.0}
+    assert run["gain"]["mIoU"]["per_build"] == {0: 6.0}
+    assert run["gain"]["mIoU"]["std"] == 0.0
+    text = build_spread.markdown(build_spread.summarise(per_build, "random:v"), None, "random:v")
+    assert "+6.00 ± 0.00 (+6.00, +6.00)" in text
