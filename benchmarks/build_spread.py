@@ -49,6 +49,23 @@ def scores(report: dict) -> dict[str, dict]:
     return out
 
 
+def cross_folder(root: Path, train_build: Path, val_build: Path) -> Path:
+    """A build folder whose probe trains on ``train_build``'s scenes and is scored on
+    ``val_build``'s: the manifest of ``train_build`` and symlinks to the two ``seg`` splits
+    (``eval --tasks seg --data-root`` reads nothing else)."""
+    folder = root / f"cross-{train_build.name}-{val_build.name}"
+    for kind in ("images", "annotations"):
+        (folder / "seg" / kind).mkdir(parents=True, exist_ok=True)
+        for split, build in (("training", train_build), ("validation", val_build)):
+            link = folder / "seg" / kind / split
+            if not link.is_symlink():
+                link.symlink_to((build / "seg" / kind / split).resolve())
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        manifest.write_bytes((train_build / "manifest.json").read_bytes())
+    return folder
+
+
 def summarise(per_build: dict[int, dict[str, dict]], negative: str) -> dict:
     """Mean ± sample std over builds of every metric and of its gain over ``negative``.
 
@@ -89,7 +106,7 @@ def summarise(per_build: dict[int, dict[str, dict]], negative: str) -> dict:
     return out
 
 
-def markdown(summary: dict, probe: dict | None, negative: str) -> str:
+def markdown(summary: dict, probe: dict | None, negative: str, cross: dict | None = None) -> str:
     """The tables of ``spread.md``."""
     lines = ["| checkpoint | builds | " + " | ".join(
         f"{m} mean ± std | gain {m} mean ± std (min, max)" for m in SHOWN) + " |",
@@ -124,6 +141,22 @@ def markdown(summary: dict, probe: dict | None, negative: str) -> str:
             mean, std = s["value"]["mIoU"]["mean"], s["value"]["mIoU"]["std"]
             lines.append(f"| {s['label']} | " + ", ".join(f"{k}: {v:.3f}" for k, v in per.items())
                          + f" | {mean:.3f} ± {std:.3f} |")
+    if cross:
+        lines += ["", "Which draw moves the probe: gain in mIoU over random weights, mean ± std "
+                  "(min, max), with the probe's training scenes fixed (first build) and its "
+                  "validation scenes from each build, and the other way round:", "",
+                  "| checkpoint | val scenes vary | train scenes vary | both vary (builds) |",
+                  "|---|---:|---:|---:|"]
+        for source, s in summary.items():
+            if source == negative:
+                continue
+            cells = []
+            for part in (cross["val"], cross["train"], summary):
+                g = part[source]["gain"]["mIoU"]
+                vals = list(g["per_build"].values())
+                cells.append(f"{g['mean']:+.2f} ± {g['std']:.2f} ({min(vals):+.2f}, "
+                             f"{max(vals):+.2f})")
+            lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +171,9 @@ def main() -> None:
                         help="source the gains are measured from (default: the first random:)")
     parser.add_argument("--probe-seeds", type=int, nargs="*", default=[],
                         help="extra --seg-seed values, probe only, on the first data seed")
+    parser.add_argument("--cross", action="store_true",
+                        help="also train the probe on the first build and score it on each other "
+                             "build's val scenes, and the reverse (which draw moves it)")
     parser.add_argument("--tasks", default="davis,seg,knn")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--source", default=None, help="Fashion-MNIST folder (data build --source)")
@@ -158,10 +194,10 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         return json.loads((out / "report.json").read_text())
 
-    per_build, probe_runs = {}, {}
+    per_build, probe_runs, builds = {}, {}, {}
     for seed in args.seeds:
-        build = ensure_builtin(BuiltinSpec(seed=seed), root=args.root, source=args.source,
-                               progress=False).root
+        build = builds[seed] = ensure_builtin(BuiltinSpec(seed=seed), root=args.root,
+                                              source=args.source, progress=False).root
         per_build[seed] = scores(evaluate(build, args.root / f"eval-seed{seed}",
                                           ["--tasks", args.tasks]))
         if seed == args.seeds[0] and args.probe_seeds:
@@ -169,15 +205,26 @@ def main() -> None:
             for p in args.probe_seeds:
                 probe_runs[p] = scores(evaluate(build, args.root / f"eval-seed{seed}-probe{p}",
                                                 ["--tasks", "seg", "--seg-seed", str(p)]))
+    cross = None
+    if args.cross:
+        first = args.seeds[0]
+        by_val, by_train = {first: per_build[first]}, {first: per_build[first]}
+        for seed in args.seeds[1:]:
+            for target, train, val in ((by_val, first, seed), (by_train, seed, first)):
+                folder = cross_folder(args.root, builds[train], builds[val])
+                target[seed] = scores(evaluate(folder, args.root / f"eval-{folder.name}",
+                                               ["--tasks", "seg"]))
+        if not args.dry_run:
+            cross = {"val": summarise(by_val, negative), "train": summarise(by_train, negative)}
     if args.dry_run:
         return
     summary = summarise(per_build, negative)
     probe = summarise(probe_runs, negative) if probe_runs else None
     result = {"seeds": args.seeds, "negative": negative, "tasks": args.tasks,
               "probe_seeds": [0, *args.probe_seeds] if probe_runs else [],
-              "summary": summary, "probe": probe}
+              "summary": summary, "probe": probe, "cross": cross}
     write_result(args.root / "spread.json", result)
-    text = markdown(summary, probe, negative)
+    text = markdown(summary, probe, negative, cross)
     (args.root / "spread.md").write_text(text)
     print(text)
     print(f"wrote {args.root / 'spread.md'}")

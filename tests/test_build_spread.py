@@ -52,3 +52,22 @@ def test_a_build_without_the_negative_gives_no_gain_for_it():
     assert run["gain"]["mIoU"]["std"] == 0.0
     text = build_spread.markdown(build_spread.summarise(per_build, "random:v"), None, "random:v")
     assert "+6.00 ± 0.00 (+6.00, +6.00)" in text
+
+
+def test_cross_folder_links_train_scenes_of_one_build_and_val_scenes_of_another(tmp_path):
+    a, b = tmp_path / "build-a", tmp_path / "build-b"
+    for build in (a, b):
+        for kind in ("images", "annotations"):
+            for split in ("training", "validation"):
+                d = build / "seg" / kind / split
+                d.mkdir(parents=True)
+                (d / "x.png").write_text(f"{build.name} {kind} {split}")
+        (build / "manifest.json").write_text(f'{{"from": "{build.name}"}}')
+    folder = build_spread.cross_folder(tmp_path / "out", a, b)
+    assert (folder / "manifest.json").read_text() == '{"from": "build-a"}'
+    for kind in ("images", "annotations"):
+        assert (folder / "seg" / kind / "training" / "x.png").read_text() == \
+            f"build-a {kind} training"
+        assert (folder / "seg" / kind / "validation" / "x.png").read_text() == \
+            f"build-b {kind} validation"
+    assert build_spread.cross_folder(tmp_path / "out", a, b) == folder  # idempotent
