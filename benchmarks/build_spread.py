@@ -14,6 +14,8 @@ probe seeds (``--seg-seed``: the share of the spread that is the probe's own tra
 and writes ``spread.json`` / ``spread.md``: per build, per checkpoint, and mean ± sample std
 over builds of each score and of its gain over the negative control scored on the *same*
 build (the first ``random:`` checkpoint unless ``--negative`` names another).
+``--n-seg-train`` / ``--n-seg-val`` build every seed with more (or fewer) probe scenes: does
+a larger probe set make one build's gain steadier?
 
 About 2 minutes per checkpoint and build on 2 CPU cores (all three tasks), 30 s for a probe.
 """
@@ -177,6 +179,10 @@ def main() -> None:
     parser.add_argument("--tasks", default="davis,seg,knn")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--source", default=None, help="Fashion-MNIST folder (data build --source)")
+    parser.add_argument("--n-seg-train", type=int, default=BuiltinSpec.n_seg_train,
+                        help="probe training scenes per build")
+    parser.add_argument("--n-seg-val", type=int, default=BuiltinSpec.n_seg_val,
+                        help="probe validation scenes per build")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
     negative = args.negative or next((c for c in args.checkpoint if c.startswith("random:")), None)
@@ -196,7 +202,9 @@ def main() -> None:
 
     per_build, probe_runs, builds = {}, {}, {}
     for seed in args.seeds:
-        build = builds[seed] = ensure_builtin(BuiltinSpec(seed=seed), root=args.root,
+        build = builds[seed] = ensure_builtin(BuiltinSpec(seed=seed, n_seg_train=args.n_seg_train,
+                                                          n_seg_val=args.n_seg_val),
+                                              root=args.root,
                                               source=args.source, progress=False).root
         per_build[seed] = scores(evaluate(build, args.root / f"eval-seed{seed}",
                                           ["--tasks", args.tasks]))
@@ -221,6 +229,7 @@ def main() -> None:
     summary = summarise(per_build, negative)
     probe = summarise(probe_runs, negative) if probe_runs else None
     result = {"seeds": args.seeds, "negative": negative, "tasks": args.tasks,
+              "n_seg_train": args.n_seg_train, "n_seg_val": args.n_seg_val,
               "probe_seeds": [0, *args.probe_seeds] if probe_runs else [],
               "summary": summary, "probe": probe, "cross": cross}
     write_result(args.root / "spread.json", result)
