@@ -57,7 +57,7 @@ demo: setup
 
 test: setup-dev
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/python -m pytest tests; rc=$$?; \
+	$(BIN)/python -m pytest tests --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 lint: setup-dev
