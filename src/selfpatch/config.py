@@ -24,7 +24,7 @@ METHODS = ("dino", "dino+selfpatch", "mocov3", "mocov3+selfpatch", "moby", "moby
 
 @dataclass
 class ModelConfig:
-    """Backbone. ``arch``: vit_tiny / vit_small / vit_base or a timm ``vit_*`` name."""
+    """Backbone. ``arch``: vit_tiny / vit_small / vit_base, a timm ``vit_*`` name or test_vit."""
 
     arch: str = "vit_tiny"
     patch_size: int = 16  # 0 keeps the timm architecture's own patch size

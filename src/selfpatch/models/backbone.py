@@ -23,6 +23,10 @@ from torch import nn
 
 from selfpatch.errors import SelfPatchError
 
+#: timm's own 6-block, 64-wide ViT for fast tests (timm >= 1.0.10): a plain VisionTransformer,
+#: ~20x fewer FLOPs than vit_tiny, so the test suite exercises every code path in seconds.
+TEST_VIT = "test_vit"
+
 #: Short names accepted for ``model.arch``; any timm ``vit_*`` name works as well.
 ARCH_ALIASES = {
     "vit_tiny": "vit_tiny_patch16_224",
@@ -67,7 +71,8 @@ def make_backbone_spec(
     """Resolve ``arch`` (alias or timm name) and options into a :class:`BackboneSpec`.
 
     Args:
-        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` or any timm ``vit_*`` name; or
+        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` or any timm ``vit_*`` name (or
+            timm's ``test_vit``, a 6-block 64-wide ViT for tests and smoke runs); or
             ``swin_tiny`` / a timm ``swin_*`` name (:class:`SwinBackbone`: the other options
             except ``img_size`` do not apply and must keep their defaults).
         patch_size: patch side in pixels; 0 keeps the architecture's own.
@@ -90,7 +95,7 @@ def make_backbone_spec(
         return BackboneSpec(timm_name=name, timm_kwargs={
             "num_classes": 0, "img_size": int(img_size), "dynamic_img_size": True,
             "strict_img_size": False})
-    if not name.startswith("vit_") or name not in timm.list_models("vit_*"):
+    if name not in timm.list_models(["vit_*", TEST_VIT]):
         raise SelfPatchError(
             f"model.arch={arch!r} is not a known timm ViT or Swin; use one of "
             f"{sorted(ARCH_ALIASES)} or a timm name such as vit_small_patch8_224"
