@@ -163,7 +163,7 @@ def markdown(summary: dict, probe: dict | None, negative: str, cross: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/spread"),
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--n-seg-val", type=int, default=BuiltinSpec.n_seg_val,
                         help="probe validation scenes per build")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     negative = args.negative or next((c for c in args.checkpoint if c.startswith("random:")), None)
     if negative is None or negative not in args.checkpoint:
         parser.error("--negative must be one of the --checkpoint sources (or pass a random: one)")
@@ -203,10 +203,12 @@ def main() -> None:
 
     per_build, probe_runs, builds = {}, {}, {}
     for seed in args.seeds:
-        build = builds[seed] = ensure_builtin(BuiltinSpec(seed=seed, n_seg_train=args.n_seg_train,
-                                                          n_seg_val=args.n_seg_val),
-                                              root=args.root,
-                                              source=args.source, progress=False).root
+        spec = BuiltinSpec(seed=seed, n_seg_train=args.n_seg_train, n_seg_val=args.n_seg_val)
+        if args.dry_run:  # name the build, do not render it (minutes per build)
+            build = builds[seed] = args.root / spec.dir_name()
+        else:
+            build = builds[seed] = ensure_builtin(spec, root=args.root, source=args.source,
+                                                  progress=False).root
         per_build[seed] = scores(evaluate(build, args.root / f"eval-seed{seed}",
                                           ["--tasks", args.tasks]))
         if seed == args.seeds[0] and args.probe_seeds:

@@ -71,3 +71,12 @@ def test_cross_folder_links_train_scenes_of_one_build_and_val_scenes_of_another(
         assert (folder / "seg" / kind / "validation" / "x.png").read_text() == \
             f"build-b {kind} validation"
     assert build_spread.cross_folder(tmp_path / "out", a, b) == folder  # idempotent
+
+
+def test_dry_run_prints_the_commands_and_builds_nothing(tmp_path, capsys):
+    build_spread.main(["--seeds", "3", "5", "--root", str(tmp_path), "--dry-run",
+                       "--checkpoint", "random:vit_tiny:16"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert len(lines) == 2 and all("eval all" in line for line in lines)
+    assert "fashion-scenes-v2-seed5" in lines[1]
+    assert list(tmp_path.iterdir()) == []
