@@ -4,6 +4,7 @@ rest on checked against independent facts."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -52,6 +53,43 @@ def test_supervised_training_keeps_to_its_budget_when_epochs_slow_down(monkeypat
     assert result["epochs"] == 5 and result["log"][-1]["seconds"] == 18.0
 
 
+def test_fixed_epochs_ignore_the_clock(monkeypatch):
+    """``budget_s=None``: every epoch takes 100 s on a fake clock, yet all 4 epochs run, and
+    the cosine reaches zero exactly at the last step (the plan never shrank)."""
+    clock = {"now": 0.0}
+
+    def slow_augment(images, generator):
+        clock["now"] += 50.0  # 2 steps per epoch below
+        return images
+
+    monkeypatch.setattr(controls, "augment", slow_augment)
+    monkeypatch.setattr(controls.time, "perf_counter", lambda: clock["now"])
+    images, labels = torch.randn(128, 3, 8, 8), torch.arange(128) % 2
+    model = controls.small_cnn(2)
+    lrs = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    result = controls.train_supervised(model, (images, labels), (images[:8], labels[:8]),
+                                       budget_s=None, max_epochs=4, lr=1e-3, batch_size=64,
+                                       precision="fp32", log=None)
+    assert result["epochs"] == 4 and result["log"][-1]["seconds"] == 400.0
+    # warm-up over epoch 1 (2 steps), then cosine over 8 steps: lr at step i is
+    # 1e-3 * min(1, (i+1)/2) * 0.5 * (1 + cos(pi * i / 8)); the 8th step uses i = 7
+    expected = [1e-3 * min(1.0, (i + 1) / 2) * 0.5 * (1 + math.cos(math.pi * i / 8))
+                for i in range(8)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_epochs_and_budget_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit):
+        controls.main(["--epochs", "3", "--budget", "60", "--out", str(tmp_path)])
+
+
 def test_augment_keeps_content_and_labels():
     images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
     out = controls.augment(images, torch.Generator().manual_seed(1))
@@ -81,7 +119,7 @@ def test_controls_smoke_writes_the_table(tmp_path, capsys):
     assert out["meta"]["version"] == 2
 
 
-@pytest.mark.parametrize("bad", [["--budget", "-1"]])
+@pytest.mark.parametrize("bad", [["--budget", "-1"], ["--epochs", "0"]])
 def test_controls_rejects_a_negative_budget(bad, tmp_path):
     with pytest.raises(SystemExit):
         controls.main([*bad, "--out", str(tmp_path)])
