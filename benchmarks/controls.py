@@ -1,7 +1,7 @@
 """Controls of the built-in benchmark: can it tell good features from bad ones?
 
     python benchmarks/controls.py [--version 2] [--out runs/controls]   # ~10 min on 2 cores
-    python benchmarks/controls.py --epochs 12   # a fixed number of epochs: same model on any CPU
+    python benchmarks/controls.py --epochs 10   # a fixed number of epochs: same model on any CPU
     python benchmarks/controls.py --smoke                               # seconds (CI)
 
 Before the built-in data can compare pre-training methods it must separate features known to

@@ -55,7 +55,7 @@ def test_supervised_training_keeps_to_its_budget_when_epochs_slow_down(monkeypat
 
 def test_fixed_epochs_ignore_the_clock(monkeypatch):
     """``budget_s=None``: every epoch takes 100 s on a fake clock, yet all 4 epochs run, and
-    the cosine reaches zero exactly at the last step (the plan never shrank)."""
+    the learning rate follows a cosine planned over all 8 steps (the plan never shrank)."""
     clock = {"now": 0.0}
 
     def slow_augment(images, generator):
