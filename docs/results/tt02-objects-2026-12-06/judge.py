@@ -7,8 +7,8 @@ from pathlib import Path
 spread = json.loads((Path(__file__).parent / "spread.json").read_text())
 summary = spread["summary"]
 labels = {s["label"]: s for s in summary.values()}
-a = next(s for label, s in labels.items() if "base" in label)
-b = next(s for label, s in labels.items() if "tt02" in label)
+a = labels["base-s0-last"]  # A: teacher 0.04
+b = labels["tt02-s0-last"]  # B: teacher 0.02
 builds = ("1", "2", "3", "4")
 for metric in ("mIoU", "knn_top1"):
     ga = [a["gain"][metric]["per_build"][k] for k in builds]
@@ -27,3 +27,9 @@ elif mean_d <= -1.0:
 else:
     verdict = "no measurable effect at this budget"
 print("verdict (PLAN.md rule):", verdict)
+c = labels.get("sp-tt02-s0-last")  # C: the SelfPatch follow-up, judged against the bar only
+if c:
+    for metric in ("mIoU", "knn_top1"):
+        gc = [c["gain"][metric]["per_build"][k] for k in builds]
+        print(f"C {metric}: builds 1-4 {' '.join(f'{x:+.2f}' for x in gc)} | "
+              f"mean {statistics.mean(gc):+.2f} ± {statistics.stdev(gc):.2f}")
