@@ -46,6 +46,10 @@ class SelfPatchConfig:
     out_dim: int = 4096  # g' prototypes; g' takes its MLP widths, norm and temperature from dino.*
     loss_weight: float = 0.1  # lambda
     center_momentum: float = 0.9  # the patch loss's own centre
+    # Teacher temperature of the patch targets; 0 = dino.teacher_temp's schedule (the paper,
+    # one temperature for both heads). A fixed value (no warm-up) lets the image head be
+    # sharpened without making the patch targets one-hot (docs/results.md, sharper teacher).
+    teacher_temp: float = 0.0
     local_crops: bool = True  # apply the patch loss to local crops too (as the reference)
     # Contrastive patch loss with other images' y as negatives (the paper's MoBY variant).
     negatives: bool = False
@@ -403,6 +407,7 @@ RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "selfpatch.loss_weight": (0.0, None, False, False),
     "selfpatch.center_momentum": (0.0, 1.0, False, False),
     "selfpatch.negative_temperature": (0.0, None, True, False),
+    "selfpatch.teacher_temp": (0.0, None, False, False),  # 0 = dino's
     "dino.out_dim": (1, None, False, False),
     "dino.hidden_dim": (1, None, False, False),
     "dino.bottleneck_dim": (1, None, False, False),

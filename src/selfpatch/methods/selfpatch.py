@@ -95,6 +95,8 @@ class SelfPatchObjective(nn.Module):
             ``g'`` (a :class:`DINOHead`, ``(..., D) -> (..., out_dim)``).
         student_temp, center_momentum: of the patch loss (its centre is separate from the
             image loss's).
+        teacher_temp: the patch targets' teacher temperature; 0 (default) uses the one the
+            caller passes each step (the image objective's schedule, as in the paper).
         loss_weight: lambda in ``L_image + lambda * L_SelfPatch``; 0 turns the patch loss off
             (``h`` still forms the image representation).
         local_crops: whether local crops get a patch loss too (the authors' code: yes).
@@ -110,7 +112,7 @@ class SelfPatchObjective(nn.Module):
                  aggregation: str = "attention", aggregation_depth: int = 2,
                  out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  norm_last_layer: bool = True, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, loss_weight: float = 0.1,
+                 teacher_temp: float = 0.0, center_momentum: float = 0.9, loss_weight: float = 0.1,
                  local_crops: bool = True, head_bn: bool = False, l2_eps: float = 1e-6,
                  route_patches_through_h_norm: bool = False, negatives: bool = False,
                  negative_temperature: float = 0.2) -> None:
@@ -120,6 +122,10 @@ class SelfPatchObjective(nn.Module):
         if aggregation not in ("attention", "mean"):
             raise SelfPatchError(
                 f"selfpatch.aggregation={aggregation!r} is not one of ('attention', 'mean')")
+        if teacher_temp < 0:
+            raise SelfPatchError(f"selfpatch.teacher_temp={teacher_temp} must be >= 0 "
+                                 "(0 = the image objective's temperature)")
+        self.teacher_temp = teacher_temp
         self.targets = SelfPatchTargets(neighbourhood, border, k)
         self.patch_loss = PatchDistillationLoss(out_dim, student_temp, center_momentum)
         self.loss_weight, self.local_crops = loss_weight, local_crops
@@ -145,6 +151,10 @@ class SelfPatchObjective(nn.Module):
     def active(self) -> bool:
         """Whether the patch loss is computed at all (``loss_weight > 0``)."""
         return self.loss_weight > 0
+
+    def patch_teacher_temp(self, image_teacher_temp: float) -> float:
+        """The patch targets' temperature for a step whose image temperature is given."""
+        return self.teacher_temp if self.teacher_temp > 0 else image_teacher_temp
 
     def n_patch_views(self, n_views: int) -> int:
         """How many of the first views get a patch loss: all, or only the 2 global ones."""
@@ -186,12 +196,14 @@ class SelfPatchObjective(nn.Module):
                 teacher_temp: float, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """``L_SelfPatch`` over per-view ``(B, N_v, K')`` logits (same view on both sides);
         with ``negatives`` (``(G, B, K')``) the contrastive variant, mean over views.
+        ``teacher_temp`` is the image objective's; :meth:`patch_teacher_temp` picks the one used.
 
         Releases the list entries as it goes (each view's logits are the largest tensors of
         the step): the caller must not hold other references to them.
         """
         if negatives is None:
-            return self.patch_loss(student_logits, teacher_logits, teacher_temp, release=True)
+            return self.patch_loss(student_logits, teacher_logits,
+                                   self.patch_teacher_temp(teacher_temp), release=True)
         losses = []
         for i in range(len(student_logits)):
             s, t = student_logits[i], teacher_logits[i]

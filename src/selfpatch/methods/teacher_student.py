@@ -129,7 +129,7 @@ class TeacherStudent(nn.Module):
                 patch_center = sp.batch_center(t_patch)
                 if diagnostics:
                     stats["teacher_patch_entropy"] = sp.patch_loss.teacher_entropy(
-                        t_patch[0], teacher_temp)
+                        t_patch[0], sp.patch_teacher_temp(teacher_temp))
             if diagnostics and hasattr(self.objective, "teacher_entropy"):
                 stats["teacher_entropy"] = self.objective.teacher_entropy(t_img[0], teacher_temp)
 

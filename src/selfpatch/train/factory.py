@@ -102,7 +102,7 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
     The patch head's MLP widths, last-layer normalisation and student temperature are the
     image head's (``dino.hidden_dim``, ``dino.bottleneck_dim``, ``dino.norm_last_layer``,
     ``dino.student_temp``, ``dino.head_bn``), as in the authors' code; only its output size is
-    its own.
+    its own, and its teacher temperature when ``selfpatch.teacher_temp`` > 0.
     """
     if not cfg.uses_selfpatch:
         return None
@@ -111,8 +111,9 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
         neighbourhood=sp.neighbourhood, border=sp.border, k=sp.k, aggregation=sp.aggregation,
         aggregation_depth=sp.aggregation_depth, out_dim=sp.out_dim, hidden_dim=d.hidden_dim,
         bottleneck_dim=d.bottleneck_dim, norm_last_layer=d.norm_last_layer,
-        student_temp=d.student_temp, center_momentum=sp.center_momentum,
-        loss_weight=sp.loss_weight, local_crops=sp.local_crops, head_bn=d.head_bn,
+        student_temp=d.student_temp, teacher_temp=sp.teacher_temp,
+        center_momentum=sp.center_momentum, loss_weight=sp.loss_weight,
+        local_crops=sp.local_crops, head_bn=d.head_bn,
         l2_eps=_l2_eps(cfg),
         route_patches_through_h_norm=cfg.model.fidelity == "reference",
         negatives=sp.negatives, negative_temperature=sp.negative_temperature)
