@@ -799,6 +799,7 @@ def _hand_step(ts: TeacherStudent, cfg: Config, views: list[torch.Tensor],
     sp = cfg.selfpatch
     selfpatch = ts.use_selfpatch
     s_temp = cfg.dino.student_temp
+    p_temp = sp.teacher_temp if sp.teacher_temp > 0 else t_temp  # the patch targets' own
     n_patch_views = len(views) if sp.local_crops else 2
     s_img, t_img, s_patch, t_patch = [], [], [], []
     with torch.no_grad():
@@ -827,7 +828,7 @@ def _hand_step(ts: TeacherStudent, cfg: Config, views: list[torch.Tensor],
            "t_img_center": t_img if cfg.dino.center_views == "all" else t_img[:2]}
     if selfpatch:
         zero_p = torch.zeros(sp.out_dim)
-        out["patch_loss"] = torch.stack([tensor_ce(s, t, zero_p, t_temp, s_temp).mean()
+        out["patch_loss"] = torch.stack([tensor_ce(s, t, zero_p, p_temp, s_temp).mean()
                                          for s, t in zip(s_patch, t_patch, strict=True)]).mean()
     return out
 
@@ -844,6 +845,8 @@ E2E_CASES = [
                         "local_crops": False}, "global"),
     ("dino+selfpatch", {"aggregation": "attention", "n_views": 2}, "global"),
     ("dino", {"n_views": 2}, "all"),
+    # the patch head's own teacher temperature (image targets keep the step's 0.05)
+    ("dino+selfpatch", {"aggregation": "attention", "teacher_temp": 0.09}, "global"),
 ]
 
 
@@ -894,6 +897,28 @@ def test_diagnostics_do_not_change_the_loss():
     assert 0.0 <= float(stats["teacher_patch_entropy"]) <= 1.0 + 1e-6
     assert 1.0 - 1e-4 <= float(stats["patch_token_rank"]) <= 48 + 1e-4
     assert all(not t.requires_grad for t in stats.values())
+
+
+def test_patch_teacher_temperature_sharpens_only_the_patch_targets():
+    """``selfpatch.teacher_temp`` > 0 replaces the step's temperature for the patch targets
+    only: the image loss is unchanged and the patch loss / entropy equal those of a model run
+    at that temperature; 0 follows the step's temperature."""
+    ts = make_ts("dino+selfpatch", drop_path=0.0)
+    ts_own = copy.deepcopy(ts)
+    ts_own.selfpatch.teacher_temp = 0.2
+    views = tiny_views(seed=13)
+    _, base = copy.deepcopy(ts)(views, teacher_temp=0.04, diagnostics=True)
+    _, own = ts_own(views, teacher_temp=0.04, diagnostics=True)
+    _, at02 = copy.deepcopy(ts)(views, teacher_temp=0.2, diagnostics=True)
+    assert float(own["image_loss"]) == pytest.approx(float(base["image_loss"]), rel=1e-6)
+    assert float(own["teacher_entropy"]) == pytest.approx(float(base["teacher_entropy"]))
+    assert float(own["patch_loss"]) == pytest.approx(float(at02["patch_loss"]), rel=1e-5)
+    assert float(own["teacher_patch_entropy"]) == pytest.approx(
+        float(at02["teacher_patch_entropy"]), rel=1e-5)
+    # a softer temperature gives flatter targets than the step's 0.04
+    assert float(own["teacher_patch_entropy"]) > float(base["teacher_patch_entropy"])
+    assert ts.selfpatch.patch_teacher_temp(0.03) == 0.03
+    assert ts_own.selfpatch.patch_teacher_temp(0.03) == 0.2
 
 
 def test_window_candidates_is_the_interior_count():
