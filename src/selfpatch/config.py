@@ -43,12 +43,13 @@ class SelfPatchConfig:
     k: int = 4  # positives per patch
     aggregation: str = "attention"  # attention (CaiT class-attention) | mean (ablation)
     aggregation_depth: int = 2
-    out_dim: int = 4096  # g' prototypes; g' takes its MLP widths, norm and temperature from dino.*
+    out_dim: int = 4096  # g' prototypes; g' takes MLP widths, norm, student temp from dino.*
     loss_weight: float = 0.1  # lambda
     center_momentum: float = 0.9  # the patch loss's own centre
     # Teacher temperature of the patch targets; 0 = dino.teacher_temp's schedule (the paper,
     # one temperature for both heads). A fixed value (no warm-up) lets the image head be
-    # sharpened without making the patch targets one-hot (docs/results.md, sharper teacher).
+    # sharpened without making the patch targets one-hot (on the built-in data that kept them
+    # soft but did not move the probe: docs/results.md, "A teacher temperature of its own").
     teacher_temp: float = 0.0
     local_crops: bool = True  # apply the patch loss to local crops too (as the reference)
     # Contrastive patch loss with other images' y as negatives (the paper's MoBY variant).
