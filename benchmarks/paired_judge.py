@@ -1,0 +1,78 @@
+"""Read `build_spread.py`'s spread.json files and apply a planned paired rule.
+
+The planned checks under docs/results/ each freeze a rule in PLAN.md before their runs end
+("helps if the mean paired difference over builds is >= +1.0 and positive on at least 3 of 4
+builds; hurts if <= -1.0") and a judge.py that applies it; this module is what those judges
+share, so each judge states only its runs and its rule. Standard library only, so a judge
+runs without the package installed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+BUILDS = ("1", "2", "3", "4")
+
+
+def by_label(path: Path | str) -> dict[str, dict]:
+    """The summary entries of a spread.json, keyed by checkpoint label (e.g. ``base-s0-last``).
+
+    Raises:
+        FileNotFoundError / KeyError: not a file written by ``build_spread.py``.
+    """
+    summary = json.loads(Path(path).read_text())["summary"]
+    return {entry["label"]: entry for entry in summary.values()}
+
+
+def gains(entry: dict, metric: str, builds: Sequence[str] = BUILDS) -> list[float]:
+    """Per-build gain of one checkpoint over the negative control, in ``builds`` order.
+
+    Raises:
+        KeyError: ``metric`` was not scored, or a build is missing for this checkpoint.
+    """
+    return [entry["gain"][metric]["per_build"][b] for b in builds]
+
+
+def values(entry: dict, metric: str, builds: Sequence[str] = BUILDS) -> list[float]:
+    """Per-build raw score of one checkpoint (no control subtracted), in ``builds`` order."""
+    return [entry["value"][metric]["per_build"][b] for b in builds]
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Paired per-build difference ``a - b``; both lists must cover the same builds."""
+    if len(a) != len(b):
+        raise ValueError(f"paired difference of {len(a)} and {len(b)} builds")
+    return [x - y for x, y in zip(a, b)]
+
+
+def describe(name: str, xs: Sequence[float]) -> str:
+    """One line: the per-build values, their mean and sample standard deviation."""
+    spread = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
+    return f"{name}: {' '.join(f'{x:+.2f}' for x in xs)} | mean {statistics.mean(xs):+.2f}{spread}"
+
+
+def paired_verdict(d: Sequence[float], threshold: float = 1.0, min_positive: int = 3) -> str:
+    """The planned rule on a paired difference ``d`` (one value per build).
+
+    Returns ``"helps"`` if mean(d) >= ``threshold`` and d > 0 on at least ``min_positive``
+    builds, ``"hurts"`` if mean(d) <= -``threshold``, otherwise ``"no measurable effect"``.
+    """
+    if not d:
+        raise ValueError("paired_verdict needs at least one build")
+    mean = statistics.mean(d)
+    if mean >= threshold and sum(x > 0 for x in d) >= min_positive:
+        return "helps"
+    if mean <= -threshold:
+        return "hurts"
+    return "no measurable effect"
+
+
+def meets_bar(entries: Sequence[dict], bars: dict[str, float],
+              builds: Sequence[str] = BUILDS) -> bool:
+    """Whether every checkpoint's mean gain over ``builds`` reaches every ``metric: bar``
+    (issue 9's +5 mIoU / +10 k-NN, each seed on its own)."""
+    return all(statistics.mean(gains(e, m, builds)) >= bar
+               for e in entries for m, bar in bars.items())

@@ -1,0 +1,63 @@
+"""benchmarks/paired_judge.py: the planned paired rule on hand-worked differences, and
+reading back what build_spread.py writes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import build_spread  # noqa: E402
+import paired_judge  # noqa: E402
+
+
+def _report(rows: dict[str, float]) -> dict:
+    """An `eval all` report.json with one mIoU per checkpoint source."""
+    return {"checkpoints": [{"source": s, "label": s.replace(":", "-"),
+                             "metrics": {"mIoU": m}, "results": {}} for s, m in rows.items()]}
+
+
+@pytest.mark.parametrize("d, verdict", [
+    ([2.0, 2.0, -1.0, 1.0], "helps"),                  # mean 1.0, 3 of 4 positive
+    ([3.0, 3.0, -1.0, -1.0], "no measurable effect"),  # mean 1.0 but only 2 positive
+    ([1.5, 1.2, -0.1, 1.0], "no measurable effect"),   # 3 positive but mean 0.9
+    ([-1.0, -2.0, 0.5, -1.5], "hurts"),                # mean -1.0
+    ([-0.9, -0.9, -0.9, -0.9], "no measurable effect"),
+])
+def test_paired_verdict_follows_the_planned_rule(d, verdict):
+    assert paired_judge.paired_verdict(d) == verdict
+
+
+def test_paired_verdict_and_difference_reject_bad_input():
+    with pytest.raises(ValueError):
+        paired_judge.paired_verdict([])
+    with pytest.raises(ValueError):
+        paired_judge.difference([1.0, 2.0], [1.0])
+
+
+def test_reads_back_build_spread_output_as_hand_computed(tmp_path):
+    """Random 6, 7 and two runs 12, 10 and 9, 8 on builds 0, 1: gains 6, 3 and 3, 1, so
+    the paired difference is 3, 2 (mean 2.5). Bars: the first run's mean gain 4.5 >= 4 but
+    the second's is 2 < 4."""
+    per_build = {
+        0: build_spread.scores(_report({"random:v": 6.0, "a.pt": 12.0, "b.pt": 9.0})),
+        1: build_spread.scores(_report({"random:v": 7.0, "a.pt": 10.0, "b.pt": 8.0})),
+    }
+    path = tmp_path / "spread.json"
+    path.write_text(json.dumps({"summary": build_spread.summarise(per_build, "random:v")}))
+    runs = paired_judge.by_label(path)
+    assert set(runs) == {"random-v", "a.pt", "b.pt"}
+    builds = ("0", "1")
+    a, b = paired_judge.gains(runs["a.pt"], "mIoU", builds), paired_judge.gains(
+        runs["b.pt"], "mIoU", builds)
+    assert (a, b) == ([6.0, 3.0], [3.0, 1.0])
+    assert paired_judge.values(runs["random-v"], "mIoU", builds) == [6.0, 7.0]
+    assert paired_judge.difference(a, b) == [3.0, 2.0]
+    assert paired_judge.describe("d", [3.0, 2.0]) == "d: +3.00 +2.00 | mean +2.50 ± 0.71"
+    bar = {"mIoU": 4.0}
+    assert paired_judge.meets_bar([runs["a.pt"]], bar, builds)
+    assert not paired_judge.meets_bar([runs["a.pt"], runs["b.pt"]], bar, builds)
