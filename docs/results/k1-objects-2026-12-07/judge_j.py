@@ -1,0 +1,36 @@
+"""The judge of PLAN.md's follow-up J (DINO + SelfPatch with the patch loss off, teacher 0.02,
+seed 0) against C (same with the patch loss on) and B (DINO), from spread-j.json."""
+
+import statistics
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here.parents[2] / "benchmarks"))
+from paired_judge import by_label, describe, difference, gains, paired_verdict, values  # noqa: E402
+
+new = by_label(here / "spread-j.json")
+tt02 = by_label(here.parent / "tt02-objects-2026-12-06" / "spread.json")
+for metric in ("mIoU", "knn_top1"):  # the recorded runs apply only on the same build files
+    now = values(new["random-vit_tiny-16"], metric)
+    then = values(tt02["random-vit_tiny-16"], metric)
+    assert max(abs(x) for x in difference(now, then)) < 0.02, (metric, now, then)
+
+J, B, C = new["sp-l0-tt02-s0-last"], tt02["tt02-s0-last"], tt02["sp-tt02-s0-last"]
+for metric in ("mIoU", "knn_top1"):
+    print(f"--- {metric} (gain over random weights, builds 1-4)")
+    for name, entry in (("B DINO 0.02 s0", B), ("C SP 0.02 s0", C), ("J SP, loss_weight 0", J)):
+        print(describe(name, gains(entry, metric)))
+    print(describe("J - C (patch loss off - on)", difference(gains(J, metric), gains(C, metric))))
+    print(describe("J - B (aggregation pooling - [CLS])", difference(gains(J, metric),
+                                                                    gains(B, metric))))
+
+j_c = difference(gains(J, "mIoU"), gains(C, "mIoU"))
+j_b = statistics.mean(difference(gains(J, "mIoU"), gains(B, "mIoU")))
+if paired_verdict(j_c) == "helps":
+    reading = "the patch loss costs the probe here"
+elif statistics.mean(j_c) < 1.0 and not abs(j_b) < 1.0:
+    reading = "J stays near C: the aggregation pooling costs the probe here"
+else:
+    reading = "reported as measured, no reading"
+print("follow-up J (PLAN.md rule, one seed):", reading)
