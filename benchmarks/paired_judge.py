@@ -70,6 +70,23 @@ def paired_verdict(d: Sequence[float], threshold: float = 1.0, min_positive: int
     return "no measurable effect"
 
 
+def check_same_builds(a: dict[str, dict], b: dict[str, dict],
+                      negative: str = "random-vit_tiny-16",
+                      metrics: Sequence[str] = ("mIoU", "knn_top1"), tol: float = 0.02,
+                      builds: Sequence[str] = BUILDS) -> None:
+    """Recorded gains from another spread.json apply only on the same build files: the
+    negative control must score the same there (within ``tol``) on every build.
+
+    Raises:
+        ValueError: naming the metric and both per-build scores when they differ.
+    """
+    for metric in metrics:
+        x, y = values(a[negative], metric, builds), values(b[negative], metric, builds)
+        if max(abs(d) for d in difference(x, y)) >= tol:
+            raise ValueError(f"{negative} {metric} differs between the two spreads ({x} vs "
+                             f"{y}): not the same builds, the recorded gains do not apply")
+
+
 def meets_bar(entries: Sequence[dict], bars: dict[str, float],
               builds: Sequence[str] = BUILDS) -> bool:
     """Whether every checkpoint's mean gain over ``builds`` reaches every ``metric: bar``

@@ -61,3 +61,18 @@ def test_reads_back_build_spread_output_as_hand_computed(tmp_path):
     bar = {"mIoU": 4.0}
     assert paired_judge.meets_bar([runs["a.pt"]], bar, builds)
     assert not paired_judge.meets_bar([runs["a.pt"], runs["b.pt"]], bar, builds)
+
+
+def test_check_same_builds_rejects_a_different_negative_control(tmp_path):
+    """Recorded gains apply only where random weights score the same: 6.0 vs 6.01 passes
+    (tolerance 0.02), 6.0 vs 6.5 is refused with the metric named."""
+    def spread(random_score: float) -> dict:
+        per_build = {0: build_spread.scores(_report({"random:v": random_score, "a.pt": 9.0}))}
+        path = tmp_path / f"spread-{random_score}.json"
+        path.write_text(json.dumps({"summary": build_spread.summarise(per_build, "random:v")}))
+        return paired_judge.by_label(path)
+
+    kw = {"negative": "random-v", "metrics": ("mIoU",), "builds": ("0",)}
+    paired_judge.check_same_builds(spread(6.0), spread(6.01), **kw, tol=0.02)
+    with pytest.raises(ValueError, match="mIoU"):
+        paired_judge.check_same_builds(spread(6.0), spread(6.5), **kw, tol=0.02)

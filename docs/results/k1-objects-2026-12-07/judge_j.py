@@ -7,27 +7,25 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[2] / "benchmarks"))
-from paired_judge import by_label, describe, difference, gains, paired_verdict, values  # noqa: E402
+import paired_judge as pj  # noqa: E402
 
-new = by_label(here / "spread-j.json")
-tt02 = by_label(here.parent / "tt02-objects-2026-12-06" / "spread.json")
-for metric in ("mIoU", "knn_top1"):  # the recorded runs apply only on the same build files
-    now = values(new["random-vit_tiny-16"], metric)
-    then = values(tt02["random-vit_tiny-16"], metric)
-    assert max(abs(x) for x in difference(now, then)) < 0.02, (metric, now, then)
+new = pj.by_label(here / "spread-j.json")
+tt02 = pj.by_label(here.parent / "tt02-objects-2026-12-06" / "spread.json")
+pj.check_same_builds(new, tt02)  # the recorded runs apply only on the same build files
 
 J, B, C = new["sp-l0-tt02-s0-last"], tt02["tt02-s0-last"], tt02["sp-tt02-s0-last"]
 for metric in ("mIoU", "knn_top1"):
     print(f"--- {metric} (gain over random weights, builds 1-4)")
     for name, entry in (("B DINO 0.02 s0", B), ("C SP 0.02 s0", C), ("J SP, loss_weight 0", J)):
-        print(describe(name, gains(entry, metric)))
-    print(describe("J - C (patch loss off - on)", difference(gains(J, metric), gains(C, metric))))
-    print(describe("J - B (aggregation pooling - [CLS])", difference(gains(J, metric),
-                                                                    gains(B, metric))))
+        print(pj.describe(name, pj.gains(entry, metric)))
+    print(pj.describe("J - C (patch loss off - on)",
+                      pj.difference(pj.gains(J, metric), pj.gains(C, metric))))
+    print(pj.describe("J - B (aggregation pooling - [CLS])", pj.difference(pj.gains(J, metric),
+                                                                    pj.gains(B, metric))))
 
-j_c = difference(gains(J, "mIoU"), gains(C, "mIoU"))
-j_b = statistics.mean(difference(gains(J, "mIoU"), gains(B, "mIoU")))
-if paired_verdict(j_c) == "helps":
+j_c = pj.difference(pj.gains(J, "mIoU"), pj.gains(C, "mIoU"))
+j_b = statistics.mean(pj.difference(pj.gains(J, "mIoU"), pj.gains(B, "mIoU")))
+if pj.paired_verdict(j_c) == "helps":
     reading = "the patch loss costs the probe here"
 elif statistics.mean(j_c) < 1.0 and not abs(j_b) < 1.0:
     reading = "J stays near C: the aggregation pooling costs the probe here"
