@@ -246,3 +246,16 @@ def test_eval_all_reuse_scores_only_new_or_changed_checkpoints(data, tmp_path, m
     # Without --reuse every source is scored.
     evaluate("random:vit_tiny:8", str(run), extra=("--knn-k", "3"))
     assert calls == ["random:vit_tiny:8", str(run)]
+    # --reuse with a subset of the grid adds to the report instead of replacing it ...
+    evaluate("random:vit_tiny:8", str(run), "random:vit_tiny:16", extra=("--knn-k", "3"))
+    subset = evaluate("random:vit_tiny:16", extra=("--reuse", "--knn-k", "3"))
+    assert calls == []
+    assert [e["label"] for e in subset["checkpoints"]] == \
+        ["random-vit_tiny-8", "myrun", "random-vit_tiny-16"]
+    # ... but an earlier checkpoint whose file changed since is dropped, not reported stale.
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    subset = evaluate("random:vit_tiny:16", extra=("--reuse", "--knn-k", "3"))
+    assert calls == []
+    assert [e["label"] for e in subset["checkpoints"]] == \
+        ["random-vit_tiny-8", "random-vit_tiny-16"]

@@ -168,7 +168,9 @@ def register(subparsers) -> None:
                    help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--reuse", action="store_true",
                    help="keep the results of checkpoints already in OUT/report.json (same "
-                   "source, unchanged file, same settings and tasks); evaluate only the others")
+                   "source, unchanged file, same settings and tasks); evaluate only the "
+                   "others. Earlier checkpoints not named here stay in the report while their "
+                   "files are unchanged")
     p.set_defaults(func=_handle_all)
 
 

@@ -184,6 +184,36 @@ def reusable_entries(report_path: Path, opts: EvalOptions, tasks: tuple[str, ...
             if "fingerprint" in e}
 
 
+def merge_earlier(earlier: dict[tuple[str, str], dict], entries: list[dict], log=print
+                  ) -> list[dict]:
+    """The report's checkpoints after a ``--reuse`` call: the earlier entries (from
+    :func:`reusable_entries`) in their old order, each replaced by this call's entry of the same
+    source or label; then this call's other entries. An earlier entry not named in this call is
+    kept only while its file is unchanged (its fingerprint still matches); otherwise it is
+    dropped, with a log line, rather than reported for weights that no longer exist."""
+    current = {e["label"]: e for e in entries}
+    by_source = {e["source"]: e for e in entries}
+    merged, placed = [], set()
+    for (source, label), old in earlier.items():
+        new = by_source.get(source) or current.get(label)
+        if new is not None:
+            if new["label"] not in placed:
+                merged.append(new)
+                placed.add(new["label"])
+            continue
+        try:
+            unchanged = source_fingerprint(source) == old["fingerprint"]
+        except (OSError, SelfPatchError):
+            unchanged = False
+        if unchanged:
+            if log:
+                log(f"[{label}] kept from the earlier report (not named in this call)")
+            merged.append(old)
+        elif log:
+            log(f"[{label}] dropped from the earlier report: {source} is missing or changed")
+    return merged + [e for e in entries if e["label"] not in placed]
+
+
 def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
                  opts: EvalOptions | None = None, tasks: tuple[str, ...] = TASKS,
                  log=print, reuse: bool = False) -> dict:
@@ -198,6 +228,9 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
         reuse: keep the results of checkpoints already in ``out_dir/report.json`` whose
             file is unchanged and whose settings and tasks are the same, and evaluate only
             the others (a grid finished over several sittings re-scores only its new runs).
+            Earlier checkpoints not named in ``sources`` stay in the report, in their old
+            order, as long as their files are unchanged (a call with a subset of a grid adds
+            to the report instead of replacing it); the new ones follow.
 
     Returns:
         The report dict (also written as ``report.json``), with ``"report_md"`` set.
@@ -222,8 +255,9 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     threads, threads_reason = apply_threads(opts.threads)
     earlier = reusable_entries(out_dir / "report.json", opts, tasks) if reuse else {}
+    labels = unique_labels(sources)
     entries = []
-    for source, label, desc in zip(sources, unique_labels(sources), described):
+    for source, label, desc in zip(sources, labels, described):
         fingerprint = source_fingerprint(source)
         old = earlier.get((source, label))
         if old is not None and old["fingerprint"] == fingerprint:
@@ -256,6 +290,8 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
             "results": results,
             "seconds": time.perf_counter() - start,
         })
+    if reuse:
+        entries = merge_earlier(earlier, entries, log)
     report = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "device": str(device),
