@@ -143,9 +143,12 @@ def tiny_views(batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
             + [torch.randn(batch, 3, 16, 16, generator=g) for _ in range(2)])
 
 
-def small_backbone(method: str, drop_path: float) -> ViTBackbone:
-    """vit_tiny at patch 8 cut to 2 blocks of width 48 (speed); [CLS] only for plain DINO."""
-    spec = make_backbone_spec("vit_tiny", 8, 32, class_token=method == "dino")
+def small_backbone(method: str, drop_path: float, class_token: bool | None = None
+                   ) -> ViTBackbone:
+    """vit_tiny at patch 8 cut to 2 blocks of width 48 (speed); [CLS] only for plain DINO
+    unless ``class_token`` says otherwise."""
+    class_token = method == "dino" if class_token is None else class_token
+    spec = make_backbone_spec("vit_tiny", 8, 32, class_token=class_token)
     spec.timm_kwargs.update(depth=2, embed_dim=48, num_heads=3)
     return ViTBackbone(spec, drop_path_rate=drop_path)
 
@@ -157,7 +160,8 @@ def make_ts_cfg(method: str = "dino+selfpatch", seed: int = 0, drop_path: float 
     cfg.model.drop_path = drop_path
     cfg.dino.center_views = center_views
     torch.manual_seed(seed)
-    return build_teacher_student(cfg, backbone=small_backbone(method, drop_path)), cfg
+    cls = method == "dino" or cfg.selfpatch.image_representation == "cls"
+    return build_teacher_student(cfg, backbone=small_backbone(method, drop_path, cls)), cfg
 
 
 def make_ts(method: str = "dino+selfpatch", seed: int = 0, drop_path: float = 0.1,
@@ -762,6 +766,33 @@ def test_default_backbone_has_cls_token_only_for_dino(method):
         assert ts.student.patch_head is not None
 
 
+def test_image_representation_cls_keeps_h_for_patches_only():
+    """``selfpatch.image_representation=cls``: built from the config alone, the backbone keeps
+    its [CLS] token and the image representation is that token, not the mean of the patches;
+    the [CLS] token gets gradient. An attention h is refused (nothing would train it)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("dino+selfpatch", image_representation="cls", aggregation="mean")
+    ts = build_teacher_student(cfg)
+    assert ts.student.backbone.vit.cls_token is not None
+    assert isinstance(ts.student.aggregator, MeanAggregator)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, tokens = ts.student.backbone.forward_tokens(x)
+        rep = ts.student.image_representation(cls, tokens)
+        assert torch.equal(rep, cls)
+        assert not torch.allclose(rep, tokens.mean(dim=1))
+    ts.train()
+    loss, stats = ts(tiny_views(), teacher_temp=0.04)
+    assert "patch_loss" in stats
+    loss.backward()
+    assert float(ts.student.backbone.vit.cls_token.grad.abs().sum()) > 0
+    # a backbone without a [CLS] token cannot give one: refused when the model is built
+    with pytest.raises(SelfPatchError, match="image_representation=cls needs a backbone"):
+        build_teacher_student(cfg, backbone=small_backbone("dino+selfpatch", 0.0))
+    with pytest.raises(SelfPatchError, match="needs selfpatch.aggregation=mean"):
+        build_teacher_student(tiny_cfg("dino+selfpatch", image_representation="cls"))
+
+
 def test_dino_method_has_no_patch_loss():
     ts = make_ts("dino")
     loss, stats = ts(tiny_views(), teacher_temp=0.04)
@@ -807,9 +838,9 @@ def _hand_step(ts: TeacherStudent, cfg: Config, views: list[torch.Tensor],
             h, w = x.shape[-2] // 8, x.shape[-1] // 8
             s_cls, s_tok = ts.student.backbone.forward_tokens(x)
             t_cls, t_tok = ts.teacher.backbone.forward_tokens(x)
-            if selfpatch:
+            if selfpatch and sp.image_representation == "aggregation":
                 s_rep, t_rep = ts.student.aggregator(s_tok), ts.teacher.aggregator(t_tok)
-            else:
+            else:  # DINO, or SelfPatch with image_representation=cls
                 s_rep, t_rep = s_cls, t_cls
             s_img.append(ts.student.image_head(s_rep))
             t_img.append(ts.teacher.image_head(t_rep))
@@ -847,6 +878,8 @@ E2E_CASES = [
     ("dino", {"n_views": 2}, "all"),
     # the patch head's own teacher temperature (image targets keep the step's 0.05)
     ("dino+selfpatch", {"aggregation": "attention", "teacher_temp": 0.09}, "global"),
+    # the image loss on the backbone's [CLS]; h makes only the patch targets
+    ("dino+selfpatch", {"aggregation": "mean", "image_representation": "cls"}, "global"),
 ]
 
 

@@ -365,3 +365,26 @@ def test_builtin_objects_resolves_to_the_knn_train_split(tmp_path, monkeypatch):
     assert seen[1].n_knn_train == builtin.BuiltinSpec().n_knn_train
     with pytest.raises(SelfPatchError, match=r"data.builtin_images.*scenes, objects"):
         load_config("cpu-quick", ["data.builtin_images=object"])
+
+
+def test_cls_image_representation_trains_and_is_what_knn_reads(images, tmp_path):
+    """``selfpatch.image_representation=cls`` (a deviation from the paper: DINO's [CLS] for the
+    image loss, the mean of the positives for the patch targets) trains, and evaluation reads
+    the teacher's [CLS] token, not the mean of its patch tokens. Wrong values are one line."""
+    from selfpatch.config import load_config
+    from selfpatch.models.loading import load_image_embedder
+
+    run = pretrain(cfg_for(images, tmp_path / "cls", "optim.epochs=1",
+                           "selfpatch.aggregation=mean", "selfpatch.image_representation=cls"))
+    assert "patch_loss" in read_metrics(run)[-1]
+    embedder = load_image_embedder(run)
+    assert embedder.kind == "cls"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, tokens = embedder.backbone.forward_tokens(x)
+        assert torch.equal(embedder(x), cls)
+        assert not torch.allclose(cls, tokens.mean(dim=1))
+    with pytest.raises(SelfPatchError, match="selfpatch.image_representation.*aggregation, cls"):
+        load_config("cpu-quick", ["selfpatch.image_representation=token"])
+    with pytest.raises(SelfPatchError, match="needs selfpatch.aggregation=mean"):
+        load_config("cpu-quick", ["selfpatch.image_representation=cls"])

@@ -154,10 +154,13 @@ def backbone_state(ckpt: dict[str, Any], which: str = "teacher") -> dict[str, to
 
 
 def aggregator_settings(ckpt: dict[str, Any]) -> tuple[str, int] | None:
-    """``(kind, depth)`` of the run's aggregation module ``h``, or ``None`` when the run did
-    not use SelfPatch (its image representation is then the [CLS] token)."""
+    """``(kind, depth)`` of the aggregation module ``h`` that formed the run's image
+    representation, or ``None`` when the [CLS] token did (no SelfPatch, or SelfPatch with
+    ``selfpatch.image_representation=cls``)."""
     config = ckpt.get("config", {})
     if not str(config.get("method", "")).endswith("+selfpatch"):
         return None
     sp = config.get("selfpatch", {})
+    if sp.get("image_representation", "aggregation") == "cls":
+        return None
     return str(sp.get("aggregation", "attention")), int(sp.get("aggregation_depth", 2))

@@ -34,6 +34,10 @@ class ModelConfig:
     fidelity: str = "default"
 
 
+#: ``selfpatch.image_representation`` values: h over all patch tokens (the paper) or [CLS].
+IMAGE_REPRESENTATIONS = ("aggregation", "cls")
+
+
 @dataclass
 class SelfPatchConfig:
     """Patch-level objective (paper Sec. 2.2)."""
@@ -43,6 +47,11 @@ class SelfPatchConfig:
     k: int = 4  # positives per patch
     aggregation: str = "attention"  # attention (CaiT class-attention) | mean (ablation)
     aggregation_depth: int = 2
+    # What the image-level loss sees: `aggregation` = h over all patch tokens (the paper, Eq. 4);
+    # `cls` = the backbone's own [CLS] token, h serving only the patch targets (DINO plus the
+    # patch loss). `cls` is a deviation from the paper (docs/method.md) and needs
+    # aggregation=mean: only the image loss trains an attention h, which would stay random.
+    image_representation: str = "aggregation"
     out_dim: int = 4096  # g' prototypes; g' takes MLP widths, norm, student temp from dino.*
     loss_weight: float = 0.1  # lambda
     center_momentum: float = 0.9  # the patch loss's own centre
@@ -506,6 +515,19 @@ def validate(cfg: Config) -> None:
         # (train.factory.check_buildable, called before any data or weights are touched).
         if cfg.selfpatch.aggregation not in ("attention", "mean"):
             raise bad("selfpatch.aggregation", "must be attention or mean")
+        if cfg.selfpatch.image_representation not in IMAGE_REPRESENTATIONS:
+            raise bad("selfpatch.image_representation",
+                      f"must be one of {', '.join(IMAGE_REPRESENTATIONS)}")
+        if cfg.selfpatch.image_representation == "cls" and cfg.selfpatch.aggregation != "mean":
+            raise bad("selfpatch.image_representation",
+                      "cls needs selfpatch.aggregation=mean: only the image loss trains an "
+                      "attention h (the patch targets carry no gradient), so it would stay random")
+        if cfg.selfpatch.image_representation == "cls" and cfg.model.arch.startswith("swin"):
+            raise bad("selfpatch.image_representation",
+                      "cls needs a backbone with a [CLS] token; Swin has none (use aggregation)")
+        if cfg.selfpatch.image_representation == "cls" and cfg.model.fidelity == "reference":
+            raise bad("selfpatch.image_representation",
+                      "model.fidelity=reference reproduces the authors' step: use aggregation")
         if p:
             with_local = cfg.data.n_local and cfg.selfpatch.local_crops
             sizes = [cfg.data.global_size] + ([cfg.data.local_size] if with_local else [])

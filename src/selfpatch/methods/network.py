@@ -16,6 +16,9 @@ class SSLNetwork(nn.Module):
         aggregator: h, ``(S, L, D), (S, L) -> (S, D)``; when given, the image representation is
             ``h(all patch tokens)`` (SelfPatch); when ``None`` it is the backbone's [CLS] token
             (plain DINO).
+        image_from_cls: use the backbone's [CLS] token as the image representation even with
+            an ``aggregator`` (which then serves only the patch targets; a deviation from the
+            paper, ``selfpatch.image_representation=cls``).
         patch_head: g', ``(..., D) -> (..., K')``, only for SelfPatch.
         predictor: applied after g by the student's forward only (MoCo-v3); the teacher
             calls ``image_head`` directly, so its EMA copy is never used.
@@ -27,8 +30,9 @@ class SSLNetwork(nn.Module):
     def __init__(self, backbone: nn.Module, image_head: nn.Module,
                  aggregator: nn.Module | None = None, patch_head: nn.Module | None = None,
                  patch_tokens_via_h_norm: bool = False,
-                 predictor: nn.Module | None = None) -> None:
+                 predictor: nn.Module | None = None, image_from_cls: bool = False) -> None:
         super().__init__()
+        self.image_from_cls = image_from_cls
         self.predictor = predictor
         self.patch_tokens_via_h_norm = patch_tokens_via_h_norm
         self.backbone = backbone
@@ -38,7 +42,7 @@ class SSLNetwork(nn.Module):
 
     def image_representation(self, cls: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
         """``y``: ``(B, D)`` from the [CLS] token or the aggregated ``(B, N, D)`` tokens."""
-        if self.aggregator is not None:
+        if self.aggregator is not None and not self.image_from_cls:
             return self.aggregator(tokens, None)
         if cls is None:
             raise ValueError("the backbone has no [CLS] token and the network no aggregator")

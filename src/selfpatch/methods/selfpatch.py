@@ -106,6 +106,11 @@ class SelfPatchObjective(nn.Module):
             :func:`~selfpatch.methods.losses.patch_contrastive_loss` with the teacher's ``g'``
             of the image-level representations of the other images as negatives (the paper's
             MoBY variant; this project's reading of its one-sentence description).
+        image_representation: what the image-level loss sees: ``aggregation`` (the paper:
+            ``h`` over all patch tokens) or ``cls`` (the backbone's [CLS] token, which it must
+            have; ``h`` then serves only the patch targets — a deviation from the paper). ``cls``
+            needs ``aggregation="mean"``: the patch targets carry no gradient, so only the image
+            loss trains an attention ``h``, which would otherwise stay at its initialisation.
     """
 
     def __init__(self, *, neighbourhood: str = "3x3", border: str = "valid", k: int = 4,
@@ -115,7 +120,8 @@ class SelfPatchObjective(nn.Module):
                  teacher_temp: float = 0.0, center_momentum: float = 0.9, loss_weight: float = 0.1,
                  local_crops: bool = True, head_bn: bool = False, l2_eps: float = 1e-6,
                  route_patches_through_h_norm: bool = False, negatives: bool = False,
-                 negative_temperature: float = 0.2) -> None:
+                 negative_temperature: float = 0.2,
+                 image_representation: str = "aggregation") -> None:
         super().__init__()
         if loss_weight < 0:
             raise SelfPatchError(f"selfpatch.loss_weight={loss_weight} must be >= 0")
@@ -138,6 +144,13 @@ class SelfPatchObjective(nn.Module):
             raise SelfPatchError(f"selfpatch.negative_temperature={negative_temperature} must "
                                  "be > 0")
         self.negatives, self.negative_temperature = negatives, negative_temperature
+        if image_representation not in ("aggregation", "cls"):
+            raise SelfPatchError(f"selfpatch.image_representation={image_representation!r} is "
+                                 "not one of ('aggregation', 'cls')")
+        if image_representation == "cls" and aggregation != "mean":
+            raise SelfPatchError("selfpatch.image_representation=cls needs "
+                                 "selfpatch.aggregation=mean (nothing would train an attention h)")
+        self.image_representation = image_representation
 
     def build_aggregator(self, dim: int, num_heads: int) -> nn.Module:
         """``h``: ``(S, L, D), (S, L) mask -> (S, D)``."""

@@ -63,9 +63,14 @@ class TeacherStudent(nn.Module):
             aggregator = selfpatch.build_aggregator(dim, backbone.num_heads)
             patch_head = selfpatch.build_patch_head(dim)
         via_h_norm = selfpatch is not None and selfpatch.route_patches_through_h_norm
+        from_cls = selfpatch is not None and selfpatch.image_representation == "cls"
+        if from_cls and not getattr(backbone, "num_prefix_tokens", 0):
+            raise SelfPatchError("selfpatch.image_representation=cls needs a backbone with a "
+                                 "[CLS] token (build it with class_token=True)")
         self.student = SSLNetwork(backbone, objective.build_head(dim), aggregator, patch_head,
                                   patch_tokens_via_h_norm=via_h_norm,
-                                  predictor=objective.build_predictor())
+                                  predictor=objective.build_predictor(),
+                                  image_from_cls=from_cls)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()

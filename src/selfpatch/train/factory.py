@@ -38,7 +38,8 @@ from selfpatch.train.schedules import cosine_schedule, teacher_temperature_sched
 
 # ----------------------------------------------------------------------------- model
 def build_backbone(cfg: Config) -> ViTBackbone:
-    """The student backbone named by ``cfg.model`` (DINO keeps a [CLS] token, SelfPatch not).
+    """The student backbone named by ``cfg.model`` (DINO keeps a [CLS] token, SelfPatch not,
+    unless ``selfpatch.image_representation=cls``).
 
     ``model.fidelity=reference``: DINO's position-embedding resizing and, for SelfPatch, no
     final LayerNorm (the authors' ViT).
@@ -46,7 +47,8 @@ def build_backbone(cfg: Config) -> ViTBackbone:
     reference = cfg.model.fidelity == "reference"
     # The authors' SelfPatch ViT has no final LayerNorm (their DINO baseline's ViT has one).
     spec = make_backbone_spec(cfg.model.arch, cfg.model.patch_size, cfg.data.global_size,
-                              class_token=not cfg.uses_selfpatch,
+                              class_token=not cfg.uses_selfpatch
+                              or cfg.selfpatch.image_representation == "cls",
                               final_norm=not (reference and cfg.uses_selfpatch),
                               pos_resize="reference" if reference else "timm")
     return build_backbone_from_spec(spec, drop_path_rate=cfg.model.drop_path)
@@ -116,7 +118,8 @@ def build_selfpatch_objective(cfg: Config) -> SelfPatchObjective | None:
         local_crops=sp.local_crops, head_bn=d.head_bn,
         l2_eps=_l2_eps(cfg),
         route_patches_through_h_norm=cfg.model.fidelity == "reference",
-        negatives=sp.negatives, negative_temperature=sp.negative_temperature)
+        negatives=sp.negatives, negative_temperature=sp.negative_temperature,
+        image_representation=sp.image_representation)
 
 
 def build_teacher_student(cfg: Config, backbone: torch.nn.Module | None = None) -> TeacherStudent:
