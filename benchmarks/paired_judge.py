@@ -93,3 +93,17 @@ def meets_bar(entries: Sequence[dict], bars: dict[str, float],
     (issue 9's +5 mIoU / +10 k-NN, each seed on its own)."""
     return all(statistics.mean(gains(e, m, builds)) >= bar
                for e in entries for m, bar in bars.items())
+
+
+def with_recorded(folder: Path | str, spread: str, *recorded: str, **same_builds
+                  ) -> list[dict[str, dict]]:
+    """A check's own spread (``folder/spread``) and the recorded ones it compares against
+    (``folder.parent/<name>/spread.json`` for each ``name`` in ``recorded``), each by label;
+    raises (:func:`check_same_builds`, whose keywords ``same_builds`` passes on) unless the
+    negative control scores the same in every recorded spread as in the check's own."""
+    folder = Path(folder)
+    spreads = [by_label(folder / spread)]
+    for name in recorded:
+        spreads.append(by_label(folder.parent / name / "spread.json"))
+        check_same_builds(spreads[0], spreads[-1], **same_builds)
+    return spreads

@@ -76,3 +76,25 @@ def test_check_same_builds_rejects_a_different_negative_control(tmp_path):
     paired_judge.check_same_builds(spread(6.0), spread(6.01), **kw, tol=0.02)
     with pytest.raises(ValueError, match="mIoU"):
         paired_judge.check_same_builds(spread(6.0), spread(6.5), **kw, tol=0.02)
+
+
+def test_with_recorded_reads_the_sibling_folders_and_checks_each(tmp_path):
+    """A check's spread and two recorded sibling ones, by label; one whose random weights
+    scored otherwise is refused, naming the metric."""
+    def write(folder: str, random_score: float, run: str) -> None:
+        per_build = {0: build_spread.scores(_report({"random:v": random_score, run: 9.0}))}
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "spread.json").write_text(
+            json.dumps({"summary": build_spread.summarise(per_build, "random:v")}))
+
+    write("new", 6.0, "n.pt")
+    write("old1", 6.0, "o1.pt")
+    write("old2", 6.01, "o2.pt")
+    write("other", 6.5, "x.pt")
+    kw = {"negative": "random-v", "metrics": ("mIoU",), "builds": ("0",)}
+    new, old1, old2 = paired_judge.with_recorded(tmp_path / "new", "spread.json", "old1",
+                                                 "old2", **kw)
+    assert "n.pt" in new and "o1.pt" in old1 and "o2.pt" in old2
+    assert paired_judge.gains(old2["o2.pt"], "mIoU", ("0",)) == [pytest.approx(2.99)]
+    with pytest.raises(ValueError, match="mIoU"):
+        paired_judge.with_recorded(tmp_path / "new", "spread.json", "old1", "other", **kw)

@@ -9,10 +9,9 @@ here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[2] / "benchmarks"))
 import paired_judge as pj  # noqa: E402
 
-new = pj.by_label(here / "spread.json")
-tt02 = pj.by_label(here.parent / "tt02-objects-2026-12-06" / "spread.json")
-ptemp = pj.by_label(here.parent / "patch-temp-2026-12-06" / "spread.json")
-pj.check_same_builds(new, tt02)  # the recorded runs apply only on the same build files
+# the recorded runs apply only on the same build files (random weights score the same)
+new, tt02, ptemp = pj.with_recorded(here, "spread.json", "tt02-objects-2026-12-06",
+                                    "patch-temp-2026-12-06")
 
 H, H1 = new["sp-k1-tt02-s0-last"], new["sp-k1-tt02-s1-last"]  # runs H and I of PLAN.md
 B, C, F = tt02["tt02-s0-last"], tt02["sp-tt02-s0-last"], ptemp["dino-tt002-s1-last"]
