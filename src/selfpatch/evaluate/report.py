@@ -255,9 +255,8 @@ def evaluate_all(sources: list[str], out_dir: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     threads, threads_reason = apply_threads(opts.threads)
     earlier = reusable_entries(out_dir / "report.json", opts, tasks) if reuse else {}
-    labels = unique_labels(sources)
     entries = []
-    for source, label, desc in zip(sources, labels, described):
+    for source, label, desc in zip(sources, unique_labels(sources), described):
         fingerprint = source_fingerprint(source)
         old = earlier.get((source, label))
         if old is not None and old["fingerprint"] == fingerprint:
