@@ -8,6 +8,8 @@ views are random tensors of the setting's crop sizes (data loading is measured a
 
     PYTHONPATH=src python benchmarks/step_time.py --device cpu --threads 1 --batch-size 8 \\
         --settings paper --archs vit_tiny --modes fp32 bf16 --out step_cpu.json
+    PYTHONPATH=src python benchmarks/step_time.py --device cpu --threads 2 --batch-size 32 \\
+        --settings cpu-long --modes fp32 --patch-sizes 16 8   # a finer grid, same crops
     PYTHONPATH=src python benchmarks/step_time.py --device cuda --batch-size 64 \\
         --archs vit_small --modes fp32 bf16 bf16+compile --loader --loader-workers 16
 
@@ -84,18 +86,24 @@ class Variant:
         return self.mode.endswith("+compile")
 
 
-def build_config(setting: str, arch: str, method: str, smoke: bool) -> Config:
+def build_config(setting: str, arch: str, method: str, smoke: bool,
+                 patch_size: int | None = None) -> Config:
+    """The setting's preset with ``method``, the paper setting's ``arch`` and, when given,
+    another ``patch_size`` (crop sizes kept: a smaller patch means a finer token grid)."""
     preset = {"paper": "paper-imagenet-vit-s16", "cpu-quick": "cpu-quick",
               "cpu-long": "cpu-long"}[setting]
     overrides = [f"method={method}"]
     if setting == "paper":
         overrides.append(f"model.arch={arch}")
+    if patch_size is not None:
+        overrides.append(f"model.patch_size={patch_size}")
     return load_config(preset, overrides + (SMOKE if smoke else []))
 
 
 def build_variant(setting: str, arch: str, method: str, mode: str, batch: int,
-                  device: torch.device, smoke: bool, backend: str = "inductor") -> Variant:
-    cfg = build_config(setting, arch, method, smoke)
+                  device: torch.device, smoke: bool, backend: str = "inductor",
+                  patch_size: int | None = None) -> Variant:
+    cfg = build_config(setting, arch, method, smoke, patch_size)
     arch = f"{cfg.model.arch}/{cfg.model.patch_size}"
     torch.manual_seed(0)
     model = build_teacher_student(cfg).to(device)
@@ -170,9 +178,10 @@ def cpu_step_bytes(v: Variant) -> int:
 
 
 def count_flops(setting: str, arch: str, method: str, batch: int, device: torch.device,
-                smoke: bool) -> int:
+                smoke: bool, patch_size: int | None = None) -> int:
     """FLOPs of one fp32 eager step (forward + backward) on a throw-away copy."""
-    v = build_variant(setting, arch, method, "fp32", batch, device, smoke)
+    v = build_variant(setting, arch, method, "fp32", batch, device, smoke,
+                      patch_size=patch_size)
     with FlopCounterMode(display=False) as counter:
         train_step(v)
     del v
@@ -282,6 +291,20 @@ def report(variants: list[Variant], loader: dict, info: dict) -> list[str]:
         if base is not None and v is not base:
             t = statistics.median(v.times) / statistics.median(base.times)
             lines.append(f"| {v.setting} | {v.arch} | {v.method} | {v.mode} | {t:.3f} |")
+    first: dict[tuple, Variant] = {}  # per setting/backbone/method/mode: the first patch size
+    for v in variants:
+        first.setdefault((v.setting, v.arch.split("/")[0], v.method, v.mode), v)
+    if any(first[(v.setting, v.arch.split("/")[0], v.method, v.mode)] is not v
+           for v in variants):
+        lines += ["", "| setting | arch | method | mode | time / time at the first patch size | "
+                  "FLOP ratio |", "|---|---|---|---|---|---|"]
+        for v in variants:
+            base = first[(v.setting, v.arch.split("/")[0], v.method, v.mode)]
+            if base is not v:
+                t = statistics.median(v.times) / statistics.median(base.times)
+                f = v.flops / base.flops if base.flops else float("nan")
+                lines.append(f"| {v.setting} | {v.arch} vs {base.arch} | {v.method} | "
+                             f"{v.mode} | {t:.3f} | {f:.3f} |")
     if loader:
         lines += ["", "loader img/s vs step img/s (per process; a step faster than the loader "
                   "means the run is loader-bound):"]
@@ -310,6 +333,9 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["vit_tiny", "vit_small"],
                         help="backbones for the paper setting")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--patch-sizes", nargs="+", type=int, default=[None],
+                        help="patch sizes to time side by side in one group (default: the "
+                             "setting's own); the crops keep their size, so the grid changes")
     parser.add_argument("--modes", nargs="+", default=None,
                         help="fp32 bf16 fp16, each optionally +compile (default: fp32 bf16 on "
                              "CPU; fp32 bf16 fp16 bf16+compile on CUDA)")
@@ -343,14 +369,16 @@ def main() -> None:
     for setting in args.settings:
         archs = args.archs if setting == "paper" else ["preset"]
         for arch in archs:
-            group = [build_variant(setting, arch, method, mode, args.batch_size, device,
-                                   args.smoke, args.compile_backend)
-                     for method in args.methods for mode in modes]
-            flops = {} if args.no_flops else {
-                m: count_flops(setting, arch, m, args.batch_size, device, args.smoke)
-                for m in args.methods}
-            for v in group:
-                v.flops = flops.get(v.method, 0)
+            group = []
+            for patch in args.patch_sizes:
+                for method in args.methods:
+                    flops = 0 if args.no_flops else count_flops(
+                        setting, arch, method, args.batch_size, device, args.smoke, patch)
+                    for mode in modes:
+                        group.append(build_variant(setting, arch, method, mode,
+                                                   args.batch_size, device, args.smoke,
+                                                   args.compile_backend, patch))
+                        group[-1].flops = flops
             warmup = args.warmup if args.warmup is not None else (
                 3 if any(v.compiled for v in group) else 1)
             start = time.perf_counter()
