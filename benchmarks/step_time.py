@@ -285,12 +285,15 @@ def report(variants: list[Variant], loader: dict, info: dict) -> list[str]:
         t = statistics.median(v.times) / statistics.median(base.times)
         f = v.flops / base.flops if base.flops else float("nan")
         lines.append(f"| {v.setting} | {v.arch} | {v.mode} | {t:.3f} | {f:.3f} | {t / f:.3f} |")
-    lines += ["", "| setting | arch | method | mode | time / fp32 time |", "|---|---|---|---|---|"]
+    precision_rows = []
     for v in variants:
         base = by_key.get((v.setting, v.arch, v.method, "fp32"))
         if base is not None and v is not base:
             t = statistics.median(v.times) / statistics.median(base.times)
-            lines.append(f"| {v.setting} | {v.arch} | {v.method} | {v.mode} | {t:.3f} |")
+            precision_rows.append(f"| {v.setting} | {v.arch} | {v.method} | {v.mode} | {t:.3f} |")
+    if precision_rows:  # only when a mode other than fp32 was timed
+        lines += ["", "| setting | arch | method | mode | time / fp32 time |",
+                  "|---|---|---|---|---|", *precision_rows]
     first: dict[tuple, Variant] = {}  # per setting/backbone/method/mode: the first patch size
     for v in variants:
         first.setdefault((v.setting, v.arch.split("/")[0], v.method, v.mode), v)

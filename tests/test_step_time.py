@@ -27,7 +27,7 @@ def _variant(arch: str, method: str, times: list[float], flops: int) -> step_tim
 def test_report_gives_patch_and_method_ratios_by_hand():
     """Medians: dino/16 2 s, sp/16 3 s, dino/8 7 s, sp/8 12 s -> sp/dino 1.5 at 16 and
     12/7 at 8; patch 8 / patch 16: 3.5 (dino) and 4.0 (sp); FLOPs 10, 20, 40, 100 -> FLOP
-    ratios 4 and 5. A single patch size gives no patch table."""
+    ratios 4 and 5. A single patch size gives no patch table, fp32 alone no precision table."""
     variants = [_variant("vit_tiny/16", "dino", [2.0, 1.0, 9.0], 10),
                 _variant("vit_tiny/16", "dino+selfpatch", [3.0], 20),
                 _variant("vit_tiny/8", "dino", [7.0], 40),
@@ -41,3 +41,4 @@ def test_report_gives_patch_and_method_ratios_by_hand():
         in lines
     single = step_time.report(variants[:2], {}, info)
     assert not any("first patch size" in line for line in single)
+    assert not any("fp32 time" in line for line in lines)  # fp32 only: no precision table
