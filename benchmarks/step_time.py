@@ -297,12 +297,11 @@ def report(variants: list[Variant], loader: dict, info: dict) -> list[str]:
     first: dict[tuple, Variant] = {}  # per setting/backbone/method/mode: the first patch size
     for v in variants:
         first.setdefault((v.setting, v.arch.split("/")[0], v.method, v.mode), v)
-    if any(first[(v.setting, v.arch.split("/")[0], v.method, v.mode)] is not v
-           for v in variants):
+    bases = [first[(v.setting, v.arch.split("/")[0], v.method, v.mode)] for v in variants]
+    if any(base is not v for v, base in zip(variants, bases)):
         lines += ["", "| setting | arch | method | mode | time / time at the first patch size | "
                   "FLOP ratio |", "|---|---|---|---|---|---|"]
-        for v in variants:
-            base = first[(v.setting, v.arch.split("/")[0], v.method, v.mode)]
+        for v, base in zip(variants, bases):
             if base is not v:
                 t = statistics.median(v.times) / statistics.median(base.times)
                 f = v.flops / base.flops if base.flops else float("nan")
