@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
                              "build's val scenes, and the reverse (which draw moves it)")
     parser.add_argument("--tasks", default="davis,seg,knn")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                        help="eval all --precision (default: its own auto, which times bf16 "
+                             "against fp32 on CPUs and so can pick either on a loaded machine)")
     parser.add_argument("--source", default=None, help="Fashion-MNIST folder (data build --source)")
     parser.add_argument("--n-seg-train", type=int, default=BuiltinSpec.n_seg_train,
                         help="probe training scenes per build")
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate(build: Path, out: Path, extra: list[str]) -> dict:
         cmd = reproduce.selfpatch_cmd("eval", "all", "--data-root", str(build), "--out", str(out),
                                       "--reuse", "--threads", str(args.threads), *extra)
+        if args.precision:
+            cmd += ["--precision", args.precision]
         for c in args.checkpoint:
             cmd += ["--checkpoint", c]
         print("+", " ".join(cmd), flush=True)

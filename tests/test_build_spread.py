@@ -80,3 +80,16 @@ def test_dry_run_prints_the_commands_and_builds_nothing(tmp_path, capsys):
     assert len(lines) == 2 and all("eval all" in line for line in lines)
     assert "fashion-scenes-v2-seed5" in lines[1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_precision_is_passed_on_only_when_asked(tmp_path, capsys):
+    # auto times bf16 against fp32 and can pick either on a loaded CPU; a sweep that must
+    # match recorded scores needs the recorded precision, so --precision reaches eval all
+    base = ["--seeds", "3", "--root", str(tmp_path), "--dry-run",
+            "--checkpoint", "random:vit_tiny:16"]
+    build_spread.main(base)
+    build_spread.main([*base, "--precision", "bf16"])
+    default, pinned = [line.split() for line in capsys.readouterr().out.splitlines()
+                       if line.startswith("+ ")]
+    assert "--precision" not in default
+    assert pinned[pinned.index("--precision") + 1] == "bf16"
