@@ -70,6 +70,24 @@ def paired_verdict(d: Sequence[float], threshold: float = 1.0, min_positive: int
     return "no measurable effect"
 
 
+def finished_or_latest(spread: dict[str, dict], stem: str) -> tuple[str, dict]:
+    """The checkpoint ``<stem>-last`` of a spread (by label), or, when the run was scored
+    before it finished, its latest snapshot (zero-padded labels sort by epoch:
+    ``<stem>-epoch0010``).
+
+    Planned rules apply only to ``-last``; a judge labels any other pick as such.
+
+    Raises:
+        KeyError: no checkpoint of that run was scored.
+    """
+    if f"{stem}-last" in spread:
+        return f"{stem}-last", spread[f"{stem}-last"]
+    labels = sorted(x for x in spread if x.startswith(stem + "-"))
+    if not labels:
+        raise KeyError(f"no checkpoint of run {stem!r} in the spread ({sorted(spread)})")
+    return labels[-1], spread[labels[-1]]
+
+
 def check_same_builds(a: dict[str, dict], b: dict[str, dict],
                       negative: str = "random-vit_tiny-16",
                       metrics: Sequence[str] = ("mIoU", "knn_top1"), tol: float = 0.02,

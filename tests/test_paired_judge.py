@@ -98,3 +98,14 @@ def test_with_recorded_reads_the_sibling_folders_and_checks_each(tmp_path):
     assert paired_judge.gains(old2["o2.pt"], "mIoU", ("0",)) == [pytest.approx(2.99)]
     with pytest.raises(ValueError, match="mIoU"):
         paired_judge.with_recorded(tmp_path / "new", "spread.json", "old1", "other", **kw)
+
+
+def test_finished_or_latest_prefers_last_then_the_latest_snapshot():
+    """`-last` wins whenever scored; otherwise the highest zero-padded epoch of that run, never
+    another run's checkpoint that shares the prefix only as a different stem."""
+    spread = {"a-s0-epoch0002": {"n": 2}, "a-s0-epoch0010": {"n": 10}, "a-s0-last": {"n": 0},
+              "b-s0-epoch0004": {"n": 4}, "b-s0-epoch0006": {"n": 6}, "b-s01-last": {"n": 99}}
+    assert paired_judge.finished_or_latest(spread, "a-s0") == ("a-s0-last", {"n": 0})
+    assert paired_judge.finished_or_latest(spread, "b-s0") == ("b-s0-epoch0006", {"n": 6})
+    with pytest.raises(KeyError, match="c-s0"):
+        paired_judge.finished_or_latest(spread, "c-s0")

@@ -15,14 +15,8 @@ import paired_judge as pj  # noqa: E402
 new, tt02 = pj.with_recorded(here, "spread.json", "tt02-objects-2026-12-06")
 
 
-def pick(stem: str) -> tuple[str, dict]:
-    """The finished checkpoint, or (labelled, rules off) the latest snapshot scored."""
-    labels = sorted(x for x in new if x.startswith(stem + "-"))
-    label = stem + "-last" if stem + "-last" in new else labels[-1]
-    return label, new[label]
-
-
-(d_label, D), (s_label, S) = pick("dino-cj-tt02-s0"), pick("sp-cj-tt02-s0")
+d_label, D = pj.finished_or_latest(new, "dino-cj-tt02-s0")
+s_label, S = pj.finished_or_latest(new, "sp-cj-tt02-s0")
 finished = d_label.endswith("-last") and s_label.endswith("-last")
 print("checkpoints:", d_label, s_label, "(the rules apply only to -last)")
 B, C = tt02["tt02-s0-last"], tt02["sp-tt02-s0-last"]

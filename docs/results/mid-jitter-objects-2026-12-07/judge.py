@@ -19,14 +19,8 @@ new, tt02, cj = pj.with_recorded(here, "spread.json", "tt02-objects-2026-12-06",
 pj.check_same_builds(new, cj, metrics=("J&F",))
 
 
-def pick(stem: str) -> tuple[str, dict]:
-    """The finished checkpoint, or (labelled, rules off) the latest snapshot scored."""
-    labels = sorted(x for x in new if x.startswith(stem + "-"))
-    label = stem + "-last" if stem + "-last" in new else labels[-1]
-    return label, new[label]
-
-
-(d_label, MD), (s_label, MS) = pick("dino-mj-tt02-s0"), pick("sp-mj-tt02-s0")
+d_label, MD = pj.finished_or_latest(new, "dino-mj-tt02-s0")
+s_label, MS = pj.finished_or_latest(new, "sp-mj-tt02-s0")
 finished = d_label.endswith("-last") and s_label.endswith("-last")
 print("checkpoints:", d_label, s_label, "(the rules apply only to -last)")
 B, C = tt02["tt02-s0-last"], tt02["sp-tt02-s0-last"]
