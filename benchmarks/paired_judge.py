@@ -88,6 +88,14 @@ def finished_or_latest(spread: dict[str, dict], stem: str) -> tuple[str, dict]:
     return labels[-1], spread[labels[-1]]
 
 
+def above_control(gain: Sequence[float], min_positive: int = 3) -> bool:
+    """The planned J&F rule: a checkpoint is above the negative control only if its per-build
+    ``gain`` over it is positive on the mean *and* on at least ``min_positive`` builds."""
+    if not gain:
+        raise ValueError("above_control needs at least one build")
+    return statistics.mean(gain) > 0 and sum(x > 0 for x in gain) >= min_positive
+
+
 def check_same_builds(a: dict[str, dict], b: dict[str, dict],
                       negative: str = "random-vit_tiny-16",
                       metrics: Sequence[str] = ("mIoU", "knn_top1"), tol: float = 0.02,

@@ -109,3 +109,15 @@ def test_finished_or_latest_prefers_last_then_the_latest_snapshot():
     assert paired_judge.finished_or_latest(spread, "b-s0") == ("b-s0-epoch0006", {"n": 6})
     with pytest.raises(KeyError, match="c-s0"):
         paired_judge.finished_or_latest(spread, "c-s0")
+
+
+@pytest.mark.parametrize("gain, above", [
+    ([0.2, 0.3, 0.1, -0.1], True),     # mean +0.125, 3 of 4 positive
+    ([3.0, 3.0, -0.5, -0.5], False),   # mean +1.25 but only 2 positive
+    ([0.1, 0.1, 0.1, -0.4], False),    # 3 positive but mean -0.025
+    ([0.0, 0.0, 0.0, 0.0], False),     # equal to the control is not above it
+])
+def test_above_control_needs_the_mean_and_three_builds(gain, above):
+    assert paired_judge.above_control(gain) is above
+    with pytest.raises(ValueError):
+        paired_judge.above_control([])

@@ -40,7 +40,7 @@ print("random weights:", " ".join(f"{x:.2f}" for x in rnd), f"| mean {statistics
 above = {}
 for label, entry in ((d_label, D), (s_label, S)):
     d = pj.gains(entry, "J&F")
-    above[label] = statistics.mean(d) > 0 and sum(x > 0 for x in d) >= 3
+    above[label] = pj.above_control(d)
     print(f"{label}:", " ".join(f"{x:.2f}" for x in pj.values(entry, "J&F")), "|",
           pj.describe("minus random", d), "| above random weights (PLAN.md rule):",
           above[label])

@@ -50,7 +50,7 @@ for name, entry in (("D_cj (recorded)", D_cj), ("S_cj (recorded)", S_cj)):
 above = {}
 for label, entry in ((d_label, MD), (s_label, MS)):
     d = pj.gains(entry, "J&F")
-    above[label] = statistics.mean(d) > 0 and sum(x > 0 for x in d) >= 3
+    above[label] = pj.above_control(d)
     print(f"{label}:", " ".join(f"{x:.2f}" for x in pj.values(entry, "J&F")), "|",
           pj.describe("minus random", d), "| above random weights (PLAN.md rule):",
           above[label])
