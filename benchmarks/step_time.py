@@ -10,6 +10,8 @@ views are random tensors of the setting's crop sizes (data loading is measured a
         --settings paper --archs vit_tiny --modes fp32 bf16 --out step_cpu.json
     PYTHONPATH=src python benchmarks/step_time.py --device cpu --threads 2 --batch-size 32 \\
         --settings cpu-long --modes fp32 --patch-sizes 16 8   # a finer grid, same crops
+    PYTHONPATH=src python benchmarks/step_time.py --device cpu --threads 1 --batch-size 32 \\
+        --settings cpu-long --modes fp32 --crops 64/32 96/32 96/48   # a finer grid, same patch
     PYTHONPATH=src python benchmarks/step_time.py --device cuda --batch-size 64 \\
         --archs vit_small --modes fp32 bf16 bf16+compile --loader --loader-workers 16
 
@@ -32,6 +34,7 @@ allocator's counters; CPU: the profiler's allocation events over one extra step)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -87,9 +90,10 @@ class Variant:
 
 
 def build_config(setting: str, arch: str, method: str, smoke: bool,
-                 patch_size: int | None = None) -> Config:
+                 patch_size: int | None = None, crops: str | None = None) -> Config:
     """The setting's preset with ``method``, the paper setting's ``arch`` and, when given,
-    another ``patch_size`` (crop sizes kept: a smaller patch means a finer token grid)."""
+    another ``patch_size`` (crop sizes kept: a smaller patch means a finer token grid) or
+    other ``crops`` ("GLOBAL/LOCAL" px, patch kept: larger crops mean a finer grid)."""
     preset = {"paper": "paper-imagenet-vit-s16", "cpu-quick": "cpu-quick",
               "cpu-long": "cpu-long"}[setting]
     overrides = [f"method={method}"]
@@ -97,14 +101,29 @@ def build_config(setting: str, arch: str, method: str, smoke: bool,
         overrides.append(f"model.arch={arch}")
     if patch_size is not None:
         overrides.append(f"model.patch_size={patch_size}")
-    return load_config(preset, overrides + (SMOKE if smoke else []))
+    extra = SMOKE if smoke else []
+    if crops is not None:
+        global_size, local_size = parse_crops(crops)
+        # after SMOKE, so that a smoke test still times the crops asked for
+        extra = extra + [f"data.global_size={global_size}", f"data.local_size={local_size}"]
+    return load_config(preset, overrides + extra)
+
+
+def parse_crops(text: str) -> tuple[int, int]:
+    """``"96/32"`` -> ``(96, 32)``: global and local crop sizes in pixels."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"--crops: {text!r} is not GLOBAL/LOCAL in pixels, e.g. 96/32")
+    return int(parts[0]), int(parts[1])
 
 
 def build_variant(setting: str, arch: str, method: str, mode: str, batch: int,
                   device: torch.device, smoke: bool, backend: str = "inductor",
-                  patch_size: int | None = None) -> Variant:
-    cfg = build_config(setting, arch, method, smoke, patch_size)
+                  patch_size: int | None = None, crops: str | None = None) -> Variant:
+    cfg = build_config(setting, arch, method, smoke, patch_size, crops)
     arch = f"{cfg.model.arch}/{cfg.model.patch_size}"
+    if crops is not None:
+        arch += f"@{cfg.data.global_size}/{cfg.data.local_size}"
     torch.manual_seed(0)
     model = build_teacher_student(cfg).to(device)
     if mode.endswith("+compile"):
@@ -178,10 +197,10 @@ def cpu_step_bytes(v: Variant) -> int:
 
 
 def count_flops(setting: str, arch: str, method: str, batch: int, device: torch.device,
-                smoke: bool, patch_size: int | None = None) -> int:
+                smoke: bool, patch_size: int | None = None, crops: str | None = None) -> int:
     """FLOPs of one fp32 eager step (forward + backward) on a throw-away copy."""
     v = build_variant(setting, arch, method, "fp32", batch, device, smoke,
-                      patch_size=patch_size)
+                      patch_size=patch_size, crops=crops)
     with FlopCounterMode(display=False) as counter:
         train_step(v)
     del v
@@ -294,12 +313,12 @@ def report(variants: list[Variant], loader: dict, info: dict) -> list[str]:
     if precision_rows:  # only when a mode other than fp32 was timed
         lines += ["", "| setting | arch | method | mode | time / fp32 time |",
                   "|---|---|---|---|---|", *precision_rows]
-    first: dict[tuple, Variant] = {}  # per setting/backbone/method/mode: the first patch size
+    first: dict[tuple, Variant] = {}  # per setting/backbone/method/mode: the first grid
     for v in variants:
         first.setdefault((v.setting, v.arch.split("/")[0], v.method, v.mode), v)
     bases = [first[(v.setting, v.arch.split("/")[0], v.method, v.mode)] for v in variants]
     if any(base is not v for v, base in zip(variants, bases)):
-        lines += ["", "| setting | arch | method | mode | time / time at the first patch size | "
+        lines += ["", "| setting | arch | method | mode | time / time at the first grid | "
                   "FLOP ratio |", "|---|---|---|---|---|---|"]
         for v, base in zip(variants, bases):
             if base is not v:
@@ -338,6 +357,9 @@ def main() -> None:
     parser.add_argument("--patch-sizes", nargs="+", type=int, default=[None],
                         help="patch sizes to time side by side in one group (default: the "
                              "setting's own); the crops keep their size, so the grid changes")
+    parser.add_argument("--crops", nargs="+", default=[None],
+                        help="GLOBAL/LOCAL crop sizes in px to time side by side, e.g. 64/32 "
+                             "96/32 (default: the setting's own); the patch keeps its size")
     parser.add_argument("--modes", nargs="+", default=None,
                         help="fp32 bf16 fp16, each optionally +compile (default: fp32 bf16 on "
                              "CPU; fp32 bf16 fp16 bf16+compile on CUDA)")
@@ -372,14 +394,14 @@ def main() -> None:
         archs = args.archs if setting == "paper" else ["preset"]
         for arch in archs:
             group = []
-            for patch in args.patch_sizes:
+            for patch, crops in itertools.product(args.patch_sizes, args.crops):
                 for method in args.methods:
                     flops = 0 if args.no_flops else count_flops(
-                        setting, arch, method, args.batch_size, device, args.smoke, patch)
+                        setting, arch, method, args.batch_size, device, args.smoke, patch, crops)
                     for mode in modes:
                         group.append(build_variant(setting, arch, method, mode,
                                                    args.batch_size, device, args.smoke,
-                                                   args.compile_backend, patch))
+                                                   args.compile_backend, patch, crops))
                         group[-1].flops = flops
             warmup = args.warmup if args.warmup is not None else (
                 3 if any(v.compiled for v in group) else 1)

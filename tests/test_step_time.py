@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import step_time  # noqa: E402
@@ -17,6 +19,17 @@ def test_patch_size_override_changes_only_the_patch_size():
     assert (base.model.patch_size, fine.model.patch_size) == (16, 8)
     assert (fine.data.global_size, fine.data.local_size) == (base.data.global_size,
                                                              base.data.local_size)
+
+
+def test_crops_override_changes_only_the_crop_sizes_and_rejects_bad_text():
+    base = step_time.build_config("cpu-long", "preset", "dino", smoke=False)
+    wide = step_time.build_config("cpu-long", "preset", "dino", smoke=False, crops="96/48")
+    assert (wide.data.global_size, wide.data.local_size) == (96, 48)
+    assert wide.model.patch_size == base.model.patch_size
+    assert (base.data.global_size, base.data.local_size) == (64, 32)
+    for bad in ("96", "96/x", "96/0", "96/32/16"):
+        with pytest.raises(SystemExit, match="--crops"):
+            step_time.parse_crops(bad)
 
 
 def _variant(arch: str, method: str, times: list[float], flops: int) -> step_time.Variant:
@@ -40,5 +53,5 @@ def test_report_gives_patch_and_method_ratios_by_hand():
     assert "| cpu-long | vit_tiny/8 vs vit_tiny/16 | dino+selfpatch | fp32 | 4.000 | 5.000 |" \
         in lines
     single = step_time.report(variants[:2], {}, info)
-    assert not any("first patch size" in line for line in single)
+    assert not any("first grid" in line for line in single)
     assert not any("fp32 time" in line for line in lines)  # fp32 only: no precision table
