@@ -96,6 +96,17 @@ def above_control(gain: Sequence[float], min_positive: int = 3) -> bool:
     return statistics.mean(gain) > 0 and sum(x > 0 for x in gain) >= min_positive
 
 
+def control_line(label: str, entry: dict, metric: str = "J&F") -> tuple[bool, str]:
+    """The planned J&F rule for one checkpoint and its judge line: whether it is
+    :func:`above_control`, and ``"<label>: <score per build> | minus random: ... | above
+    random weights (PLAN.md rule): <bool>"``."""
+    gain = gains(entry, metric)
+    above = above_control(gain)
+    scores = " ".join(f"{x:.2f}" for x in values(entry, metric))
+    return above, (f"{label}: {scores} | {describe('minus random', gain)} | above random "
+                   f"weights (PLAN.md rule): {above}")
+
+
 def check_same_builds(a: dict[str, dict], b: dict[str, dict],
                       negative: str = "random-vit_tiny-16",
                       metrics: Sequence[str] = ("mIoU", "knn_top1"), tol: float = 0.02,

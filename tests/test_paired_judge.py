@@ -121,3 +121,16 @@ def test_above_control_needs_the_mean_and_three_builds(gain, above):
     assert paired_judge.above_control(gain) is above
     with pytest.raises(ValueError):
         paired_judge.above_control([])
+
+
+def test_control_line_states_scores_gains_and_the_rule():
+    """J&F 65, 64, 63, 62 against random 64, 64, 64, 64: gains +1, 0, -1, -2 -> mean -0.5,
+    sample std sqrt(5/3) = 1.29, not above the control."""
+    builds = paired_judge.BUILDS
+    scores, gain = [65.0, 64.0, 63.0, 62.0], [1.0, 0.0, -1.0, -2.0]
+    entry = {"value": {"J&F": {"per_build": dict(zip(builds, scores))}},
+             "gain": {"J&F": {"per_build": dict(zip(builds, gain))}}}
+    above, line = paired_judge.control_line("run-last", entry)
+    assert above is False
+    assert line == ("run-last: 65.00 64.00 63.00 62.00 | minus random: +1.00 +0.00 -1.00 -2.00"
+                    " | mean -0.50 ± 1.29 | above random weights (PLAN.md rule): False")

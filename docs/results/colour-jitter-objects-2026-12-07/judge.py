@@ -39,11 +39,8 @@ rnd = pj.values(new["random-vit_tiny-16"], "J&F")
 print("random weights:", " ".join(f"{x:.2f}" for x in rnd), f"| mean {statistics.mean(rnd):.2f}")
 above = {}
 for label, entry in ((d_label, D), (s_label, S)):
-    d = pj.gains(entry, "J&F")
-    above[label] = pj.above_control(d)
-    print(f"{label}:", " ".join(f"{x:.2f}" for x in pj.values(entry, "J&F")), "|",
-          pj.describe("minus random", d), "| above random weights (PLAN.md rule):",
-          above[label])
+    above[label], line = pj.control_line(label, entry)
+    print(line)
 for label, entry in ((d_label, D), (s_label, S)):
     probe_knn = pj.meets_bar((entry,), {"mIoU": 5.0, "knn_top1": 10.0})
     print(f"{label}: +5.0 mIoU and +10 k-NN over builds 1-4: {probe_knn}; all three parts "

@@ -52,11 +52,8 @@ print("random weights:", " ".join(f"{x:.2f}" for x in rnd), f"| mean {statistics
 above = {}
 for label, entry in (("M_d (recorded)", MD), ("M_s (recorded)", MS), (d_label, GD),
                      (s_label, GS)):
-    d = pj.gains(entry, "J&F")
-    above[label] = pj.above_control(d)
-    print(f"{label}:", " ".join(f"{x:.2f}" for x in pj.values(entry, "J&F")), "|",
-          pj.describe("minus random", d), "| above random weights (PLAN.md rule):",
-          above[label])
+    above[label], line = pj.control_line(label, entry)
+    print(line)
 print("--- the bar (each run on its own, builds 1-4)")
 for label, entry in ((d_label, GD), (s_label, GS)):
     bar = above[label] and pj.meets_bar((entry,), {"mIoU": 5.0, "knn_top1": 10.0})

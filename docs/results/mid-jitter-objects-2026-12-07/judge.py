@@ -49,11 +49,8 @@ for name, entry in (("D_cj (recorded)", D_cj), ("S_cj (recorded)", S_cj)):
     print(pj.describe(f"{name} minus random", pj.gains(entry, "J&F")))
 above = {}
 for label, entry in ((d_label, MD), (s_label, MS)):
-    d = pj.gains(entry, "J&F")
-    above[label] = pj.above_control(d)
-    print(f"{label}:", " ".join(f"{x:.2f}" for x in pj.values(entry, "J&F")), "|",
-          pj.describe("minus random", d), "| above random weights (PLAN.md rule):",
-          above[label])
+    above[label], line = pj.control_line(label, entry)
+    print(line)
 print("--- the question and the bar (each run on its own, builds 1-4)")
 for label, entry in ((d_label, MD), (s_label, MS)):
     middle = above[label] and pj.meets_bar((entry,), {"mIoU": 2.5, "knn_top1": 5.0})
