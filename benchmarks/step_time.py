@@ -376,6 +376,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps: a quick test")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    for crops in args.crops:  # a typo fails now, not after minutes of timing
+        if crops is not None:
+            parse_crops(crops)
 
     if args.threads:
         torch.set_num_threads(args.threads)
