@@ -107,3 +107,10 @@ def test_every_recorded_run_resolves_and_the_control_is_paired_by_hand():
     expected = pick["supervised-vit"]["mIoU"] - pick[sb.NEGATIVE]["mIoU"]
     assert control["gains"]["mIoU"]["3"] == pytest.approx(expected)
     assert control["bar"]["mIoU"] is True  # the positive control clears the probe bar
+
+
+def test_the_table_in_docs_results_is_the_one_the_script_prints():
+    # docs/results.md quotes the table; a run added to RUNS (or a report changed) without
+    # updating the docs would make the quoted numbers stale
+    text = (sb.RESULTS.parent / "results.md").read_text()
+    assert sb.markdown(sb.scoreboard()) in text
