@@ -115,6 +115,11 @@ def test_mask_rcnn_trains_and_predicts_in_coco_format(coco, tmp_path):
     dets = predict(model, val, settings, torch.device("cpu"))
     assert all(d["category_id"] in (1, 2) and len(d["bbox"]) == 4 for d in dets)
     assert len(dets) <= 5 * len(val)
+    # ... and its backbone alone loads as an eval source, with the detector's weights
+    tuned = load_backbone(result["model_file"])
+    vit_keys = {k.split(".vit.", 1)[1]: v for k, v in model.state_dict().items() if ".vit." in k}
+    assert tuned.vit.state_dict().keys() == vit_keys.keys()
+    assert all(torch.equal(v, vit_keys[k]) for k, v in tuned.vit.state_dict().items())
 
 
 def test_head_widths_follow_the_settings():

@@ -80,6 +80,16 @@ def test_finetuning_learns_the_coloured_rectangles(tmp_path):
     model.load_state_dict(load_file(str(saved)))
     again = evaluate_model(model, list_seg_pairs(root, "val"), 3, settings, torch.device("cpu"))
     assert again["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-4)
+    # The same file is a backbone source for every eval command: its tokens are those of the
+    # fine-tuned model's backbone, not of the random weights it started from.
+    x = torch.rand(2, 3, 64, 64)
+    tuned = load_backbone(saved)
+    start = load_backbone("random:vit_tiny:16")
+    with torch.no_grad():
+        expected = model.pyramid.backbone.eval()(x)
+        got = tuned(x)
+        assert torch.equal(got, expected)
+        assert (got - start(x)).abs().max() > 1e-3
 
 
 def test_cli_writes_a_report_row_per_checkpoint(tmp_path, capsys):

@@ -48,15 +48,25 @@ def save_finetuned(model: torch.nn.Module, out: Path, index: int, source: str,
                    task: str) -> Path:
     """Write the fine-tuned model's ``state_dict`` (backbone, pyramid and head) as
     ``out/models/<index>-<source>.safetensors`` (atomically; the source and task in its
-    metadata) and return the path. Load it into the same ``build_model`` / ``SemanticFPN``."""
+    metadata) and return the path. Load it into the same ``build_model`` / ``SemanticFPN``;
+    the metadata also names the backbone's architecture and key prefix, so
+    :func:`~selfpatch.models.loading.load_backbone` (every ``eval`` command) takes the file
+    as a backbone source too."""
     from safetensors.torch import save_file
+
+    from selfpatch.models.loading import backbone_export_metadata
 
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[-80:]
     path = out / "models" / f"{index:02d}-{slug}.safetensors"
     # safetensors refuses shared or strided storage: give it plain contiguous copies
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={
-        "source": source, "task": task, "format": "selfpatch-finetuned"}))
+    backbones = [(name, m) for name, m in model.named_modules()
+                 if hasattr(m, "spec") and hasattr(m, "vit")]
+    meta = {"source": source, "task": task, "format": "selfpatch-finetuned"}
+    if len(backbones) == 1:  # the pyramid wraps exactly one ViT/Swin backbone
+        name, backbone = backbones[0]
+        meta |= backbone_export_metadata(backbone.spec, prefix=f"{name}.vit.")
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def write_report(out: Path, rows: list[dict], title: str, description: str,

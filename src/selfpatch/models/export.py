@@ -7,7 +7,6 @@ rebuilds the exact backbone; see docs/method.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -15,7 +14,7 @@ from safetensors.torch import save_file
 from selfpatch.checkpoint import backbone_state, load_training_checkpoint, resolve_checkpoint_path
 from selfpatch.io import atomic_write
 from selfpatch.models.backbone import BackboneSpec
-from selfpatch.models.loading import EXPORT_META_KWARGS, EXPORT_META_NAME, EXPORT_META_POS_RESIZE
+from selfpatch.models.loading import backbone_export_metadata
 
 
 def export_backbone(source: str | Path, out: str | Path | None = None,
@@ -57,8 +56,7 @@ def write_backbone(state: dict, spec: BackboneSpec, out: str | Path,
                    extra_meta: dict[str, str] | None = None) -> Path:
     """Write a timm ViT state dict to ``out`` (safetensors, atomically) with the metadata
     :func:`~selfpatch.models.loading.load_backbone` and plain timm need to rebuild it."""
-    meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
-            EXPORT_META_POS_RESIZE: spec.pos_resize, **(extra_meta or {})}
+    meta = {**backbone_export_metadata(spec), **(extra_meta or {})}
     tensors = {k: v.contiguous() for k, v in state.items()}
     return atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
 

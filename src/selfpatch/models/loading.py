@@ -6,6 +6,8 @@ Sources accepted by :func:`load_backbone` (the evaluation entry points take the 
 - a training checkpoint ``*.pt`` written by ``selfpatch pretrain`` (the *teacher* backbone is
   used, as DINO does for evaluation);
 - an exported ``*.safetensors`` file written by ``selfpatch export``;
+- a fine-tuned model written by ``selfpatch finetune seg|det`` (``OUT/models/*.safetensors``):
+  its fine-tuned backbone;
 - ``random:ARCH`` or ``random:ARCH:PATCH`` (e.g. ``random:vit_tiny:8``): random weights, for
   baselines.
 """
@@ -37,6 +39,16 @@ from selfpatch.models.backbone import (
 EXPORT_META_NAME = "selfpatch.timm_name"
 EXPORT_META_KWARGS = "selfpatch.timm_kwargs"
 EXPORT_META_POS_RESIZE = "selfpatch.pos_resize"
+# in fine-tuned model files: where the backbone's keys start (e.g. ``pyramid.backbone.vit.``)
+EXPORT_META_PREFIX = "selfpatch.backbone_prefix"
+
+
+def backbone_export_metadata(spec: BackboneSpec, prefix: str = "") -> dict[str, str]:
+    """The safetensors metadata that lets :func:`load_backbone` rebuild ``spec``'s backbone
+    from a file whose backbone keys start with ``prefix``."""
+    meta = {EXPORT_META_NAME: spec.timm_name, EXPORT_META_KWARGS: json.dumps(spec.timm_kwargs),
+            EXPORT_META_POS_RESIZE: spec.pos_resize}
+    return meta | ({EXPORT_META_PREFIX: prefix} if prefix else {})
 
 
 def load_backbone_state(vit: torch.nn.Module, state: dict, origin: str) -> None:
@@ -63,13 +75,18 @@ def _load_export(path: Path) -> ViTBackbone:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     if EXPORT_META_NAME not in meta:
-        raise SelfPatchError(
-            f"{path} has no {EXPORT_META_NAME} metadata; export it with `selfpatch export`"
-        )
+        what = ("a fine-tuned model from an older selfpatch; fine-tune it again"
+                if meta.get("format") == "selfpatch-finetuned"
+                else "not an export; export it with `selfpatch export`")
+        raise SelfPatchError(f"{path} has no {EXPORT_META_NAME} metadata ({what})")
     spec = BackboneSpec(meta[EXPORT_META_NAME], json.loads(meta.get(EXPORT_META_KWARGS, "{}")),
                         pos_resize=meta.get(EXPORT_META_POS_RESIZE, "timm"))
     backbone = build_backbone_from_spec(spec)
-    load_backbone_state(backbone.vit, load_file(str(path)), str(path))
+    state = load_file(str(path))
+    prefix = meta.get(EXPORT_META_PREFIX, "")
+    if prefix:  # a whole fine-tuned model: keep the backbone's keys only
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_backbone_state(backbone.vit, state, str(path))
     return backbone
 
 
