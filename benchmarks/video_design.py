@@ -158,6 +158,8 @@ VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
                 "(sd 0.08) and focus blur (sigma 0-1.5 px)"),
     "fast-flicker": (lambda layout, index: _flicker(_fast(layout), index),
                      "both: 3x the motion per frame and per-frame exposure/cast/blur"),
+    "shared-flicker": (lambda layout, index: _flicker(_shared_tint(layout), index),
+                       "one tint per clip, and per-frame exposure/cast/blur as in `flicker`"),
     "morph": (lambda layout, index: _changing(layout, index, morph=True, turn=False),
               "v2, each object's photo cross-fading into another photo of its class"),
     "turn": (lambda layout, index: _changing(layout, index, morph=False, turn=True),

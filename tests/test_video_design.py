@@ -49,6 +49,26 @@ def test_no_change_renders_as_shipped():
         assert np.array_equal(a.semantic, b.semantic)
 
 
+def test_flicker_keeps_the_masks_and_shared_flicker_one_tint():
+    photos, layout = _photos(), _layout()
+    other = dataclasses.replace(layout.tracks[0], index=1, tint=(0.1, 0.4, 0.8),
+                                start=(10.0, 10.0), control=(10.0, 10.0), end=(12.0, 10.0))
+    layout = dataclasses.replace(layout, tracks=(layout.tracks[0], other))
+    flicker = video_design.VARIANTS["flicker"][0](layout, 3)
+    shared = video_design.VARIANTS["shared-flicker"][0](layout, 3)
+    assert {t.tint for t in shared.tracks} == {layout.tracks[0].tint}
+    assert [t.tint for t in flicker.tracks] == [t.tint for t in layout.tracks]
+    changed = 0
+    for frame in range(layout.frames):
+        shipped, bad = layout.render(photos, frame), flicker.render(photos, frame)
+        assert np.array_equal(shipped.instance, bad.instance)
+        assert np.array_equal(shipped.instance, shared.render(photos, frame).instance)
+        changed += not np.allclose(shipped.rgb, bad.rgb, atol=1e-3)
+        # the same clip index draws the same footage
+        np.testing.assert_array_equal(bad.rgb, flicker.render(photos, frame).rgb)
+    assert changed == layout.frames
+
+
 def test_morph_ends_as_the_partner_photo_and_starts_as_the_own():
     photos, layout = _photos(), _layout()
     morph = _changing(layout, partners=(2,), turns=())
