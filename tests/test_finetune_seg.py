@@ -116,3 +116,17 @@ def test_cli_writes_a_report_row_per_checkpoint(tmp_path, capsys):
     assert main(["finetune", "seg", "--checkpoint", "random:vit_tiny:16", "--seg-root",
                  str(root), "--num-classes", "2", "--iters", "1"]) == 2  # label 3 > 2 classes
     assert "outside" in capsys.readouterr().err
+
+
+def test_safetensors_without_backbone_metadata_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from selfpatch.models.loading import load_backbone
+
+    plain, old = tmp_path / "plain.safetensors", tmp_path / "old-finetuned.safetensors"
+    save_file({"w": torch.zeros(1)}, str(plain))
+    save_file({"w": torch.zeros(1)}, str(old), metadata={"format": "selfpatch-finetuned"})
+    with pytest.raises(SelfPatchError, match="export it with `selfpatch export`"):
+        load_backbone(plain)
+    with pytest.raises(SelfPatchError, match="older selfpatch; fine-tune it again"):
+        load_backbone(old)
