@@ -156,6 +156,10 @@ def test_bad_task_and_batch_size(data, tmp_path):
 def test_labels():
     assert source_label("random:vit_tiny:8") == "random-vit_tiny-8"
     assert source_label("runs/a/checkpoints/last.pt") == "a-last"
+    # fine-tuned models of different runs share file names: the run folder tells them apart
+    assert unique_labels(["ft-seg/models/00-random_vit_tiny_16.safetensors",
+                          "ft-det/models/00-random_vit_tiny_16.safetensors"]) == [
+        "ft-seg-00-random_vit_tiny_16", "ft-det-00-random_vit_tiny_16"]
     assert unique_labels(["x.safetensors", "y/x.safetensors"]) == ["x", "x-2"]
 
 

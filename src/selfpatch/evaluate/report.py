@@ -60,7 +60,7 @@ def source_label(source: str) -> str:
         text = source.replace(":", "-")
     elif path.is_dir():
         text = path.resolve().name
-    elif path.parent.name == "checkpoints":
+    elif path.parent.name in ("checkpoints", "models"):  # models/: `finetune`'s kept files
         text = f"{path.parent.parent.name}-{path.stem}"
     else:
         text = path.stem
