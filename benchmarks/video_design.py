@@ -261,6 +261,9 @@ def main() -> None:
                         "reference: first-mask, grid-oracle[:P], grid-oracle-area[:P] (P = "
                         "patch, default 16)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="data seed of the clips (as `selfpatch data build --seed`): "
+                        "0 is build 0's clips, 1-4 the held-out builds'")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -271,7 +274,7 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     for variant in args.variants:
         change, _ = VARIANTS[variant]
-        root = build_videos(args.out / variant, change)
+        root = build_videos(args.out / variant, change, seed=args.seed)
         for source in args.checkpoint:
             tag = source.replace("/", "_").replace(":", "_")
             done = args.out / variant / "results" / tag / "score.json"
@@ -299,8 +302,8 @@ def main() -> None:
             print(f"{variant:12s} {source}: J&F {rows[source][variant]:.1f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     header = "| checkpoint | " + " | ".join(f"J&F {v}" for v in args.variants) + " |"
-    lines = [f"# Video design: J&F per rendering ({cpu_name()}, "
-             f"{time.strftime('%Y-%m-%d')})", "",
+    lines = [f"# Video design: J&F per rendering (clips of data seed {args.seed}; "
+             f"{cpu_name()}, {time.strftime('%Y-%m-%d')})", "",
              *(f"- `{v}`: {VARIANTS[v][1]}" for v in args.variants), "", header,
              "|---|" + "---:|" * len(args.variants)]
     lines += [f"| `{s}` | " + " | ".join(f"{rows[s][v]:.1f}" for v in args.variants) + " |"
