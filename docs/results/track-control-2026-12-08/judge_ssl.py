@@ -29,6 +29,9 @@ def losses(path: Path) -> dict[int, float]:
 
 beats = {}
 for label, (source, log, recorded) in RUNS.items():
+    if source not in builds[0]:
+        print(f"{label}: not run (PLAN.md amendment)")
+        continue
     mine, theirs = losses(here / log), losses(recorded_dir / recorded)
     common = sorted(mine.keys() & theirs.keys())
     worst = max(abs(mine[s] - theirs[s]) for s in common)
@@ -46,8 +49,9 @@ for label, (source, log, recorded) in RUNS.items():
         print(f"  v2 build 1: {builds[0][source]['v2']:.2f} here, "
               f"{RECORDED_V2_BUILD1[label]:.2f} recorded (descriptive)")
 n = sum(beats.values())
-print("READING: " + ("on flicker clips the probe-meeting recipe also clears the J&F part "
-                     "(both methods, one seed each)" if n == 2 else
+run = ", ".join(beats)
+print(f"READING ({run} run): " + ("on flicker clips the probe-meeting recipe also clears the "
+                                 "J&F part (both methods, one seed each)" if n == 2 else
                      f"only {[k for k, v in beats.items() if v][0]} beats random weights on "
                      "flicker" if n == 1 else
                      "the strong-jitter recipe does not fill the window that tracking-trained "
