@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from video_design import VARIANTS
 
 from selfpatch.data.builtin.looks import LOOKS
@@ -98,8 +99,6 @@ def render_clips(variant: str, n_clips: int, seed: int = 0) -> tuple[np.ndarray,
 
 def grid_labels(mask: np.ndarray, grid: int) -> torch.Tensor:
     """``(S, S)`` ids -> ``(grid * grid,)`` ids by nearest resize (the protocol's frame-0 rule)."""
-    from PIL import Image
-
     small = Image.fromarray(mask).resize((grid, grid), Image.NEAREST)
     return torch.from_numpy(np.asarray(small).astype(np.int64)).reshape(-1)
 
@@ -141,7 +140,8 @@ def main() -> None:
         images, labels = [], []
         for c, t, r in zip(clips, targets, recent):
             for f in (t, 0, r):  # target, frame 0, a recent frame: the protocol's context
-                images.append(to_normalized_tensor(_pil(frames[c, f]), (args.size, args.size)))
+                images.append(to_normalized_tensor(Image.fromarray(frames[c, f]),
+                                                   (args.size, args.size)))
                 labels.append(grid_labels(masks[c, f], grid))
         tokens = backbone(torch.stack(images)).reshape(args.batch, 3, grid * grid, -1)
         lab = torch.stack(labels).reshape(args.batch, 3, grid * grid)
@@ -169,12 +169,6 @@ def main() -> None:
               "render_s": round(render_s, 1), "train_s": round(train_s, 1), "log": log}
     Path(f"{out}.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out} ({train_s:.0f} s training, {render_s:.0f} s rendering)")
-
-
-def _pil(array: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(array)
 
 
 if __name__ == "__main__":
