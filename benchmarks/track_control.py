@@ -147,7 +147,7 @@ def main() -> None:
         lab = torch.stack(labels).reshape(args.batch, 3, grid * grid)
         logp = propagated_log_probs(tokens[:, 0], tokens[:, 1:].flatten(1, 2),
                                     lab[:, 1:].flatten(1, 2))
-        # labels absent from the context cannot be voted for: clamp them out of the loss
+        # a label above every context label cannot be voted for: leave such patches out
         keep = lab[:, 0] < logp.shape[-1]
         loss = F.nll_loss(logp[keep], lab[:, 0][keep])
         opt.zero_grad(set_to_none=True)
