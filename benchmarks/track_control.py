@@ -33,12 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from video_design import VARIANTS
+from video_design import VARIANTS, draw_clip
 
-from selfpatch.data.builtin.looks import LOOKS
 from selfpatch.data.builtin.source import find_fashion_mnist
 from selfpatch.data.builtin.spec import BuiltinSpec
-from selfpatch.data.builtin.videos import sample_video
 from selfpatch.evaluate.features import to_normalized_tensor
 from selfpatch.models.backbone import ViTBackbone, make_backbone_spec
 from selfpatch.models.export import write_backbone
@@ -84,12 +82,8 @@ def render_clips(variant: str, n_clips: int, seed: int = 0) -> tuple[np.ndarray,
     change, _ = VARIANTS[variant]
     frames, masks = [], []
     for index in range(n_clips):
-        layout = change(sample_video(
-            np.random.default_rng([seed, TRAIN_STREAM, index]), fm.train_images,
-            fm.train_labels, size=spec.video_size, frames=spec.video_frames,
-            n_objects=(spec.video_min_objects, spec.video_max_objects),
-            scale=(spec.video_min_scale, spec.video_max_scale), look=LOOKS[spec.version]),
-            RENDER_OFFSET + index)
+        layout = change(draw_clip(spec, np.random.default_rng([seed, TRAIN_STREAM, index]),
+                                  fm.train_images, fm.train_labels), RENDER_OFFSET + index)
         clip = [layout.render(fm.train_images, t) for t in range(layout.frames)]
         frames.append(np.stack([(r.rgb * 255).round().clip(0, 255).astype(np.uint8)
                                 for r in clip]))

@@ -172,6 +172,15 @@ VARIANTS: dict[str, tuple[Callable[[VideoLayout, int], VideoLayout], str]] = {
 }
 
 
+def draw_clip(spec: BuiltinSpec, rng: np.random.Generator, photos: np.ndarray,
+              labels: np.ndarray) -> VideoLayout:
+    """One clip drawn with ``spec``'s video sizes and look from ``photos`` / ``labels``."""
+    return sample_video(
+        rng, photos, labels, size=spec.video_size, frames=spec.video_frames,
+        n_objects=(spec.video_min_objects, spec.video_max_objects),
+        scale=(spec.video_min_scale, spec.video_max_scale), look=LOOKS[spec.version])
+
+
 def build_videos(out: Path, change: Callable[[VideoLayout, int], VideoLayout], seed: int = 0,
                  n_videos: int = 30) -> Path:
     """The built-in clips (v2 sizes and seeds) with ``change`` applied; returns the DAVIS root."""
@@ -182,12 +191,8 @@ def build_videos(out: Path, change: Callable[[VideoLayout, int], VideoLayout], s
     fm = find_fashion_mnist(None)
     sequences = []
     for index in range(spec.n_videos):
-        layout = change(sample_video(
-            item_rng(spec.seed, "davis", index), fm.test_images, fm.test_labels,
-            size=spec.video_size, frames=spec.video_frames,
-            n_objects=(spec.video_min_objects, spec.video_max_objects),
-            scale=(spec.video_min_scale, spec.video_max_scale), look=LOOKS[spec.version]),
-            index)
+        layout = change(draw_clip(spec, item_rng(spec.seed, "davis", index), fm.test_images,
+                                  fm.test_labels), index)
         sequence = layouts.davis_sequence(index)
         write_video(out, sequence, layout, fm.test_images)
         sequences.append(sequence)
