@@ -100,6 +100,97 @@ POSITIVE = Run("supervised ViT-Ti/16 (positive control)", "supervised", 0,
                "c04-builds-2026-12-06", "supervised-vit")
 
 
+@dataclass(frozen=True)
+class ClipRun:
+    """One checkpoint (or mask-only reference) scored by ``video_design.py`` on renderings of
+    the held-out builds' clips; ``pattern`` names its summaries, ``{build}`` the build."""
+
+    name: str
+    folder: str  # under docs/results/
+    pattern: str  # e.g. ``video-s{build}.json``
+    key: str  # the checkpoint's key in those summaries (its ``--checkpoint`` argument)
+
+
+CLIP_NEGATIVE = "random:vit_tiny:16"
+RENDERINGS = ("v2", "flicker", "shared-flicker")  # as shipped; per-frame photometry; + one tint
+_TRACK = ("track-control-2026-12-08", "video-s{build}.json")
+_SSL = ("flicker-ssl-2026-12-08", "video-s{build}.json")
+CLIP_RUNS: tuple[ClipRun, ...] = (
+    ClipRun("no tracking (frame 0's mask on every frame; reference)", *_TRACK, "first-mask"),
+    ClipRun("perfect tracking at the 16 px grid (reference)", *_TRACK, "grid-oracle"),
+    ClipRun("ViT-Ti/16 trained for tracking on v2 clips (positive control)", *_TRACK,
+            "runs/track/track-v2.safetensors"),
+    ClipRun("ViT-Ti/16 trained for tracking on flicker clips (positive control)", *_TRACK,
+            "runs/track/track-flicker.safetensors"),
+    ClipRun(f"DINO, {STRONG}, teacher 0.02, seed 0 (the recorded run)", *_SSL,
+            "runs/track/dino-tt02-s0/checkpoints/last.pt"),
+    ClipRun(f"DINO, {STRONG}, teacher 0.02, seed 1 (the recorded run)", *_SSL,
+            "runs/flick/dino-tt02-s1/checkpoints/last.pt"),
+    ClipRun(f"SelfPatch, {STRONG}, teacher 0.02, seed 0 (another sample: 1 thread, not 2)",
+            *_SSL, "runs/flick/sp-tt02-s0/checkpoints/last.pt"),
+)
+
+
+def clip_board(results: Path = RESULTS, runs: Sequence[ClipRun] = CLIP_RUNS) -> dict:
+    """J&F on each rendering of builds 1-4: random weights' per-build score (``negative``) and,
+    per run, its per-build gain over random weights scored on the same clips, summarised,
+    with the bar's J&F rule (``above``). A run whose summaries are not recorded yet gets
+    ``missing=True``.
+
+    Raises:
+        ValueError: random weights score differently on the same build and rendering in two
+            folders (other clips), or a folder's summaries lack random weights.
+        KeyError: a run's key is not in its recorded summaries (a typo).
+    """
+    negative: dict[tuple[str, str], tuple[float, str]] = {}
+    rows = []
+    for run in runs:
+        paths = {b: results / run.folder / run.pattern.format(build=b) for b in BUILDS}
+        if not all(p.exists() for p in paths.values()):
+            rows.append({"name": run.name, "missing": True})
+            continue
+        gains: dict[str, dict[str, float]] = {r: {} for r in RENDERINGS}
+        for b, path in paths.items():
+            scores = json.loads(path.read_text())
+            if CLIP_NEGATIVE not in scores:
+                raise ValueError(f"{path}: no {CLIP_NEGATIVE} to pair {run.key!r} with")
+            if run.key not in scores:
+                raise KeyError(f"{run.key!r} is not in {path}")
+            for r in RENDERINGS:
+                base = scores[CLIP_NEGATIVE][r]
+                seen = negative.setdefault((b, r), (base, str(path)))
+                if abs(seen[0] - base) > 0.05:
+                    raise ValueError(f"random weights score J&F {base:.2f} on build {b} {r} in "
+                                     f"{path} but {seen[0]:.2f} in {seen[1]}: not the same clips")
+                gains[r][b] = scores[run.key][r] - base
+        rows.append({"name": run.name, "gains": gains,
+                     "summary": {r: summary(gains[r]) for r in RENDERINGS},
+                     "above": {r: above_control([gains[r][b] for b in BUILDS])
+                               for r in RENDERINGS}})
+    return {"negative": {r: {b: negative[(b, r)][0] for b in BUILDS if (b, r) in negative}
+                         for r in RENDERINGS}, "rows": rows}
+
+
+def clip_markdown(board: dict) -> str:
+    """The clip table: J&F minus random weights per rendering (✓ above random by the bar's
+    rule), and random weights' own J&F."""
+    head = " | ".join(f"`{r}`" for r in RENDERINGS)
+    lines = [f"| J&F − random weights, builds 1–4 | {head} |",
+             "|---|" + "---:|" * len(RENDERINGS)]
+    neg = board["negative"]
+    lines.append("| random weights (negative control; its J&F) | " + " | ".join(
+        f"{statistics.mean(neg[r].values()):.1f}" if neg[r] else "–" for r in RENDERINGS) + " |")
+    for row in board["rows"]:
+        if row.get("missing"):
+            lines.append(f"| {row['name']} | " + " | ".join("not recorded yet" for _ in RENDERINGS)
+                         + " |")
+            continue
+        lines.append(f"| {row['name']} | " + " | ".join(
+            cell(row["summary"][r]) + (" ✓" if row["above"][r] else "") for r in RENDERINGS)
+            + " |")
+    return "\n".join(lines)
+
+
 def load_reports(folder: Path) -> list[tuple[str, str, dict[str, dict]]]:
     """``(prefix, build, {label: metrics})`` for every per-build report in ``folder``."""
     out = []
@@ -252,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = scoreboard(args.results)
+        clip_board(args.results)  # refuse before printing anything
     except (ValueError, KeyError) as exc:
         print(f"scoreboard: {exc}", file=sys.stderr)
         return 1
@@ -259,8 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(bar: >= +{BAR['mIoU']:g} mIoU, >= +{BAR['knn_top1']:g} k-NN, J&F above random "
           "on the mean and on >= 3 of 4 builds).\n")
     print(markdown(rows))
+    print("\nJ&F on other renderings of the same held-out clips (`video_design.py --seed N`; "
+          "✓ above random weights on the mean and on >= 3 of 4 builds).\n")
+    board = clip_board(args.results)
+    print(clip_markdown(board))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps({"runs": rows, "clips": board}, indent=1) + "\n")
     return 0
 
 

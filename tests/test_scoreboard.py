@@ -114,3 +114,47 @@ def test_the_table_in_docs_results_is_the_one_the_script_prints():
     # updating the docs would make the quoted numbers stale
     text = (sb.RESULTS.parent / "results.md").read_text()
     assert sb.markdown(sb.scoreboard()) in text
+    assert sb.clip_markdown(sb.clip_board()) in text
+
+
+def _clips(folder: Path, build: str, **scores: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"video-s{build}.json").write_text(json.dumps(scores))
+
+
+def _jf(v2: float, flicker: float, shared: float) -> dict:
+    return {"v2": v2, "flicker": flicker, "shared-flicker": shared}
+
+
+def test_clip_gains_are_paired_per_build_and_rendering(tmp_path):
+    # random weights 60+b / 30+b / 20; "t" gains +2 on v2 everywhere, on flicker +5 on builds
+    # 1-3 and -1 on build 4 (mean +3.5, 3 of 4 positive), on shared-flicker -1 everywhere
+    for b in sb.BUILDS:
+        r = _jf(60 + int(b), 30 + int(b), 20)
+        flick = 5.0 if b != "4" else -1.0
+        _clips(tmp_path / "c", b, **{sb.CLIP_NEGATIVE: r,
+                                     "t.pt": _jf(r["v2"] + 2, r["flicker"] + flick, 19)})
+    runs = (sb.ClipRun("t", "c", "video-s{build}.json", "t.pt"),
+            sb.ClipRun("later", "pending", "video-s{build}.json", "u.pt"))
+    board = sb.clip_board(tmp_path, runs)
+    t, later = board["rows"]
+    assert board["negative"]["v2"] == {"1": 61, "2": 62, "3": 63, "4": 64}
+    assert t["gains"]["flicker"] == pytest.approx({"1": 5, "2": 5, "3": 5, "4": -1})
+    assert t["summary"]["flicker"]["mean"] == pytest.approx(3.5)
+    assert t["above"] == {"v2": True, "flicker": True, "shared-flicker": False}
+    assert later["missing"] is True
+    table = sb.clip_markdown(board)
+    assert "| random weights (negative control; its J&F) | 62.5 | 32.5 | 20.0 |" in table
+    assert "| t | +2.00 ± 0.00 ✓ | +3.50 ± 3.00 ✓ | -1.00 ± 0.00 |" in table
+
+
+def test_clip_summaries_on_other_clips_or_with_a_typo_are_refused(tmp_path):
+    for folder, shift in (("one", 0.0), ("two", 0.5)):
+        for b in sb.BUILDS:
+            _clips(tmp_path / folder, b, **{sb.CLIP_NEGATIVE: _jf(60 + shift, 30, 20),
+                                            "x": _jf(61, 31, 21)})
+    runs = [sb.ClipRun("a", f, "video-s{build}.json", "x") for f in ("one", "two")]
+    with pytest.raises(ValueError, match="build 1 v2 .* not the same clips"):
+        sb.clip_board(tmp_path, runs)
+    with pytest.raises(KeyError, match="'y' is not in"):
+        sb.clip_board(tmp_path, [sb.ClipRun("a", "one", "video-s{build}.json", "y")])
