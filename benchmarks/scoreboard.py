@@ -59,6 +59,8 @@ RUNS: tuple[Run, ...] = (
     Run(f"{STRONG}, teacher 0.02, seed 0 rerun on another CPU (log diverged)", "DINO", 0,
         "dense-controls-jf-2026-12-07", "dino-tt02-s0-last"),
     Run(f"{STRONG}, teacher 0.02", "SelfPatch", 0, "tt02-objects-2026-12-06", "sp-tt02-s0-last"),
+    Run(f"{STRONG}, teacher 0.02, seed 0 rerun at 1 thread (log diverged)", "SelfPatch", 0,
+        "flicker-ssl-2026-12-08", "sp-tt02-s0-last"),
     Run(f"{STRONG}, teacher 0.02", "SelfPatch", 1, "seed1-objects-2026-12-07", "sp-tt02-s1-last"),
     Run(f"{STRONG}, teacher 0.02, k = 1", "SelfPatch", 0, "k1-objects-2026-12-07",
         "sp-k1-tt02-s0-last"),
