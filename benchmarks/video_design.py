@@ -11,7 +11,10 @@ ignore colour) lowest (docs/results.md). Each candidate rendering here draws the
 (same seeds, objects, paths and backgrounds) and changes one thing; every checkpoint is then
 scored with the DAVIS protocol (``selfpatch eval davis``'s code, built-in defaults) on each.
 A rendering worth shipping ranks the controls the right way: supervised and pre-trained
-checkpoints above random weights. Writes ``OUT/summary.md`` / ``.json``.
+checkpoints above random weights. Writes ``OUT/summary.md`` / ``.json`` with the rows of
+*this call's* checkpoints and renderings only; each checkpoint's score per rendering is kept in
+``OUT/<rendering>/results/<checkpoint>/score.json`` and reused by later calls, so naming an
+already-scored checkpoint again costs nothing and puts it back in the summary.
 """
 
 from __future__ import annotations
