@@ -7,7 +7,8 @@ table is recomputed from the recorded scores, never typed in. For each run and m
 over random weights is taken per build from the same report, then averaged. The negative
 control must score the same in every report of a build (else the builds differ and the gains
 are not comparable): the script refuses otherwise. Gains are paired within a report, as the
-planned judges pair them.
+planned judges pair them. A second table does the same for J&F on renderings of the held-out
+clips, from the ``video_design.py --seed N`` summaries kept there (``CLIP_RUNS``).
 
     python benchmarks/scoreboard.py                  # markdown table on stdout
     python benchmarks/scoreboard.py --json out.json  # and the numbers behind it
