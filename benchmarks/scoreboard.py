@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = scoreboard(args.results)
-        clip_board(args.results)  # refuse before printing anything
+        board = clip_board(args.results)  # both before printing: a refusal prints no table
     except (ValueError, KeyError) as exc:
         print(f"scoreboard: {exc}", file=sys.stderr)
         return 1
@@ -356,7 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows))
     print("\nJ&F on other renderings of the same held-out clips (`video_design.py --seed N`; "
           "✓ above random weights on the mean and on >= 3 of 4 builds).\n")
-    board = clip_board(args.results)
     print(clip_markdown(board))
     if args.json:
         args.json.write_text(json.dumps({"runs": rows, "clips": board}, indent=1) + "\n")
